@@ -1,0 +1,55 @@
+# `make run` and `make test` set everything up on a fresh machine and are cheap on a second call:
+# each step leaves a stamp and reruns only when its inputs change.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+SURETY := $(VENV)/bin/surety
+MODEL_REPOSITORY ?= model_repository
+
+KERNEL_SOURCES := $(shell find kernels/src -type f) CMakeLists.txt kernels/CMakeLists.txt
+
+.PHONY: help setup build run test lint bench clean
+
+help:
+	@echo "make run    set up, build the kernels and default models, serve on http://127.0.0.1:8000"
+	@echo "make test   set up, build, lint and run the whole test suite"
+	@echo "make bench  run the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)"
+	@echo "make lint   ruff, mypy and hadolint"
+	@echo "make clean  remove the virtualenv and build outputs"
+
+# Python packages, then the project itself (which builds the kernels through scikit-build-core).
+$(VENV)/.deps: pyproject.toml
+	@echo "==> creating $(VENV) and installing packages (first run takes a few minutes)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q scikit-build-core cmake ninja
+	$(PIP) install -q --no-build-isolation -e '.[models,dev]'
+	touch $@ $(VENV)/.kernels
+
+# Rebuild the native library when its sources change (incremental: build/ is kept).
+$(VENV)/.kernels: $(VENV)/.deps $(KERNEL_SOURCES)
+	@echo "==> building the ai.surety kernels"
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.deps
+build: $(VENV)/.kernels
+
+lint: build
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+test: build lint
+	$(PY) -m pytest
+
+bench: build
+	$(PY) bench/softmax.py
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,4 @@
+#pragma once
+namespace surety {
+const char* isa_name_or_error(const char** error);
+}
