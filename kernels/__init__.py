@@ -41,7 +41,7 @@ def library_path() -> str:
 
 
 def isa() -> str:
-    """Name of the instruction-set path the kernels use on this CPU: avx512f, avx2 or scalar.
+    """Name of the instruction-set path the kernels use on this CPU: avx512, avx2 or scalar.
 
     Honours ``SURETY_KERNELS_ISA`` (read when called, as sessions read it when created); raises
     RuntimeError when that variable names an unknown path or one this CPU lacks.
