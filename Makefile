@@ -22,23 +22,17 @@ help:
 	@echo "make lint   ruff, mypy and hadolint"
 	@echo "make clean  remove the virtualenv and build outputs"
 
-# Python packages, then the project itself (which builds the kernels through scikit-build-core).
-$(VENV)/.deps: pyproject.toml
-	@echo "==> creating $(VENV) and installing packages (first run takes a few minutes)"
+# Python packages and the project itself, whose build (scikit-build-core + CMake, incremental in
+# build/) compiles the kernels. Reruns when the dependencies or the native sources change.
+$(VENV)/.installed: pyproject.toml $(KERNEL_SOURCES)
+	@echo "==> installing packages and building the ai.surety kernels (first run takes a few minutes)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q scikit-build-core cmake ninja
 	$(PIP) install -q --no-build-isolation -e '.[models,dev]'
-	touch $@ $(VENV)/.kernels
-
-# Rebuild the native library when its sources change (incremental: build/ is kept).
-$(VENV)/.kernels: $(VENV)/.deps $(KERNEL_SOURCES)
-	@echo "==> building the ai.surety kernels"
-	$(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-setup: $(VENV)/.deps
-build: $(VENV)/.kernels
+setup build: $(VENV)/.installed
 
 lint: build
 	$(VENV)/bin/ruff check .
