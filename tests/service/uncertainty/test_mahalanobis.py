@@ -1,0 +1,149 @@
+"""Mahalanobis detector: estimator, invariances, degenerate features, ensemble, artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.covariance import EmpiricalCovariance
+
+from service.uncertainty import ArtifactError, FeatureSet, Mahalanobis
+from service.uncertainty.mahalanobis import TapGaussian
+
+from .conftest import gaussian_classes
+
+MEANS = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 1.0], [0.0, 5.0, -2.0]])
+COV = np.array([[2.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 0.5]])
+
+
+def direct_score(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    diff = x[:, None, :] - means[None, :, :]
+    return -np.einsum("bcf,fg,bcg->bc", diff, precision, diff).min(axis=1)
+
+
+def test_fit_converges_to_the_true_gaussians(rng: np.random.Generator) -> None:
+    x, y = gaussian_classes(rng, 20_000, MEANS, COV)
+    gaussian = TapGaussian.fit(x, y, 3)
+    queries = rng.normal(size=(50, 3)) * 3
+    expected = direct_score(queries, MEANS, np.linalg.inv(COV))
+    np.testing.assert_allclose(gaussian.score(queries), expected, rtol=0.05, atol=0.05)
+    # The score is maximal (zero) at each class mean.
+    at_means = gaussian.score(MEANS)
+    assert np.all(at_means <= 0)
+    assert np.all(at_means > -0.01)
+
+
+def test_matches_the_pooled_mle_and_pseudo_inverse_of_sklearn(rng: np.random.Generator) -> None:
+    x, y = gaussian_classes(rng, 200, MEANS, COV)
+    means = np.stack([x[y == c].mean(axis=0) for c in range(3)])
+    precision = EmpiricalCovariance(assume_centered=False).fit(x - means[y]).precision_
+    queries = rng.normal(size=(40, 3)) * 4
+    np.testing.assert_allclose(
+        TapGaussian.fit(x, y, 3).score(queries), direct_score(queries, means, precision), rtol=1e-8
+    )
+
+
+def test_scores_are_invariant_under_invertible_affine_maps(rng: np.random.Generator) -> None:
+    x, y = gaussian_classes(rng, 300, MEANS, COV)
+    a = rng.normal(size=(3, 3)) + 3 * np.eye(3)
+    b = rng.normal(size=3) * 10
+    queries = rng.normal(size=(30, 3)) * 3
+    plain = TapGaussian.fit(x, y, 3).score(queries)
+    mapped = TapGaussian.fit(x @ a.T + b, y, 3).score(queries @ a.T + b)
+    np.testing.assert_allclose(mapped, plain, rtol=1e-7, atol=1e-9)
+    # A Euclidean score would change under the same map.
+    assert not np.allclose(
+        np.linalg.norm(queries @ a.T + b, axis=1), np.linalg.norm(queries, axis=1)
+    )
+
+
+@pytest.mark.parametrize(
+    "case", ["fewer samples than features", "duplicated channel", "dead channel"]
+)
+def test_rank_deficient_features_give_finite_scores(rng: np.random.Generator, case: str) -> None:
+    if case == "fewer samples than features":
+        x = rng.normal(size=(12, 40))
+        y = np.repeat(np.arange(3), 4)
+    else:
+        x, y = gaussian_classes(rng, 100, MEANS, COV)
+        extra = x[:, :1] if case == "duplicated channel" else np.zeros((len(x), 1))
+        x = np.hstack([x, extra])
+    gaussian = TapGaussian.fit(x, y, 3)
+    scores = gaussian.score(np.vstack([x, rng.normal(size=(5, x.shape[1])) * 100]))
+    assert np.all(np.isfinite(scores))
+    assert np.all(scores <= 0)
+
+
+def test_a_class_without_samples_is_an_error(rng: np.random.Generator) -> None:
+    x, y = gaussian_classes(rng, 10, MEANS[:2], COV)
+    with pytest.raises(ValueError, match=r"classes \[2\] have no training samples"):
+        TapGaussian.fit(x, y, 3)
+
+
+def _split(rng: np.random.Generator) -> tuple[FeatureSet, FeatureSet, dict[str, np.ndarray]]:
+    def feature_set(n: int) -> FeatureSet:
+        x, y = gaussian_classes(rng, n, MEANS, COV)
+        # Two taps: one informative, one a noisy copy.
+        taps = {"a": x, "b": x + rng.normal(size=x.shape) * 3}
+        return FeatureSet(taps=taps, logits=np.zeros((len(y), 3)), labels=y)
+
+    ood = rng.normal(size=(300, 3)) * 2 + np.array([10.0, -8.0, 6.0])
+    ood_taps = {"a": ood, "b": ood + rng.normal(size=ood.shape) * 3}
+    return feature_set(400), feature_set(200), ood_taps
+
+
+def test_threshold_keeps_the_configured_share_of_calibration(rng: np.random.Generator) -> None:
+    train, calibration, _ = _split(rng)
+    detector = Mahalanobis.fit(train, calibration, ("a", "b"), keep_fraction=0.9)
+    assert detector.ensemble == "standardised-mean"
+    kept = ~detector.evaluate(calibration.taps, calibration.logits)["ood"]
+    assert kept.mean() >= 0.9
+    assert kept.mean() < 0.93
+
+
+@pytest.mark.parametrize("with_ood_validation", [False, True])
+def test_far_away_inputs_are_flagged(rng: np.random.Generator, with_ood_validation: bool) -> None:
+    train, calibration, ood = _split(rng)
+    detector = Mahalanobis.fit(
+        train, calibration, ("a", "b"), ood_validation=ood if with_ood_validation else None
+    )
+    assert detector.ensemble == ("logistic" if with_ood_validation else "standardised-mean")
+    result = detector.evaluate(ood, np.zeros((300, 3)))
+    assert result["ood"].mean() > 0.99
+    assert result["mahalanobis_score"].dtype == np.float32
+    in_scores = detector.score(calibration.taps)
+    assert np.median(in_scores) > np.median(result["mahalanobis_score"])
+
+
+def test_logistic_ensemble_weighs_the_informative_tap_more(rng: np.random.Generator) -> None:
+    train, calibration, ood = _split(rng)
+    detector = Mahalanobis.fit(train, calibration, ("a", "b"), ood_validation=ood)
+    assert detector.weights[0] > detector.weights[1]
+
+
+def test_artifact_round_trip(rng: np.random.Generator, tmp_path: Path) -> None:
+    train, calibration, ood = _split(rng)
+    detector = Mahalanobis.fit(train, calibration, ("a", "b"), ood_validation=ood)
+    detector.save(tmp_path)
+    loaded = Mahalanobis.load(tmp_path)
+    for key, value in detector.evaluate(ood, np.zeros((300, 3))).items():
+        np.testing.assert_array_equal(loaded.evaluate(ood, np.zeros((300, 3)))[key], value)
+    loaded.check_model({"a": 3, "b": 3}, 3)
+    with pytest.raises(ArtifactError, match="tap 'b' has 4 features in the model"):
+        loaded.check_model({"a": 3, "b": 4}, 3)
+    with pytest.raises(ArtifactError, match="tap 'a' is not an output"):
+        loaded.check_model({"b": 3}, 3)
+
+
+def test_broken_artifacts_name_the_file(rng: np.random.Generator, tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match=r"mahalanobis\.npz: missing"):
+        Mahalanobis.load(tmp_path)
+    train, calibration, _ = _split(rng)
+    Mahalanobis.fit(train, calibration, ("a", "b")).save(tmp_path)
+    (tmp_path / "mahalanobis.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"mahalanobis\.json: unreadable"):
+        Mahalanobis.load(tmp_path)
+    (tmp_path / "mahalanobis.json").write_text('{"taps": ["a", "b"]}')
+    with pytest.raises(ArtifactError, match=r"mahalanobis\.json: bad field"):
+        Mahalanobis.load(tmp_path)
