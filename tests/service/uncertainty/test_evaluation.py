@@ -1,0 +1,56 @@
+"""Detection and selective-prediction metrics against their definitions and sklearn."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from service.uncertainty.evaluation import (
+    binomial_tolerance,
+    detection_metrics,
+    selective_metrics,
+)
+
+
+def test_perfect_separation_scores_one() -> None:
+    m = detection_metrics(np.array([5.0, 6.0, 7.0]), np.array([1.0, 2.0]))
+    assert (m.auroc, m.tnr_at_tpr95, m.detection_accuracy) == (1.0, 1.0, 1.0)
+
+
+def test_identical_distributions_give_half(rng: np.random.Generator) -> None:
+    m = detection_metrics(rng.normal(size=20_000), rng.normal(size=20_000))
+    assert m.auroc == pytest.approx(0.5, abs=0.01)
+    assert m.tnr_at_tpr95 == pytest.approx(0.05, abs=0.01)
+
+
+def test_auroc_matches_sklearn_with_ties(rng: np.random.Generator) -> None:
+    in_scores = np.round(rng.normal(1.0, 1.0, size=500), 1)
+    out_scores = np.round(rng.normal(0.0, 1.0, size=300), 1)
+    expected = roc_auc_score(np.r_[np.ones(500), np.zeros(300)], np.r_[in_scores, out_scores])
+    assert detection_metrics(in_scores, out_scores).auroc == pytest.approx(expected, abs=1e-9)
+
+
+def test_reversed_scores_give_zero_auroc() -> None:
+    assert detection_metrics(np.array([1.0, 2.0]), np.array([3.0, 4.0])).auroc == 0.0
+
+
+def test_selective_metrics() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 1, 1, 1, 2, 0])
+    admitted = np.array([True, True, True, False, True, False])
+    m = selective_metrics(admitted, predictions, labels)
+    assert m.admitted == 4
+    assert m.admitted_fraction == pytest.approx(4 / 6)
+    assert m.marginal_accuracy == pytest.approx(3 / 4)
+    assert m.min_class_conditional_accuracy == pytest.approx(0.5)  # class 0: one of two right
+    assert m.min_prediction_conditional_accuracy == pytest.approx(0.5)  # predicted 1: one of two
+    none = selective_metrics(np.zeros(6, dtype=bool), predictions, labels)
+    assert none.admitted == 0 and math.isnan(none.marginal_accuracy)
+
+
+def test_binomial_tolerance() -> None:
+    assert binomial_tolerance(0.95, 100) == pytest.approx(1.96 * math.sqrt(0.0475 / 100))
+    assert binomial_tolerance(0.95, 0) == math.inf
