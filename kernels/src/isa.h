@@ -1,4 +1,30 @@
+// Instruction-set paths: a CPU probe run once at load, and the choice a kernel instance makes
+// when it is created (SURETY_KERNELS_ISA, else the best path the CPU has).
 #pragma once
+
+#include <string>
+
 namespace surety {
+
+enum class Isa {
+#define SURETY_ISA(enumerator, name, suffix) enumerator,
+#include "isa_variants.inc"
+#undef SURETY_ISA
+};
+
+// "avx512", "avx2" or "scalar".
+const char* isa_name(Isa isa);
+
+// Whether this CPU, and the operating system's saved register state, supports `isa`.
+bool cpu_supports(Isa isa);
+
+// The path a kernel created now should use: the one SURETY_KERNELS_ISA names, or, when the
+// variable is unset or empty, the most capable path the CPU supports. Returns false and sets
+// *error when the variable names an unknown path or one this CPU lacks.
+bool select_isa(Isa* isa, std::string* error);
+
+// select_isa for C callers: the name, or nullptr with *error pointing at a message that stays
+// valid for the calling thread until its next call.
 const char* isa_name_or_error(const char** error);
-}
+
+}  // namespace surety

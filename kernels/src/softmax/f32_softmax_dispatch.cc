@@ -1,0 +1,37 @@
+// The table of softmax microkernels per instruction-set path, expanded from the variant list.
+#include "softmax/f32_softmax.h"
+
+namespace surety {
+namespace {
+
+constexpr F32SoftmaxKernels kVariants[] = {
+#define SURETY_F32_SOFTMAX_VARIANT(isa, raddextexp, vscaleextexp, rmax, raddstoreexpminusmax, \
+                                   vmulc, vaxpy, vmulc_rdot)                                    \
+  {Isa::isa, raddextexp, vscaleextexp, rmax, raddstoreexpminusmax, vmulc, vaxpy, vmulc_rdot},
+#include "softmax/f32_softmax_variants.inc"
+#undef SURETY_F32_SOFTMAX_VARIANT
+};
+
+constexpr Isa kIsaOrder[] = {
+#define SURETY_ISA(enumerator, name, suffix) Isa::enumerator,
+#include "isa_variants.inc"
+#undef SURETY_ISA
+};
+
+constexpr bool rows_follow_isa_list() {
+  if (sizeof(kVariants) / sizeof(kVariants[0]) != sizeof(kIsaOrder) / sizeof(kIsaOrder[0])) {
+    return false;
+  }
+  for (size_t i = 0; i < sizeof(kIsaOrder) / sizeof(kIsaOrder[0]); ++i) {
+    if (kVariants[i].isa != kIsaOrder[i]) return false;
+  }
+  return true;
+}
+static_assert(rows_follow_isa_list(),
+              "f32_softmax_variants.inc needs one row per path of isa_variants.inc, in its order");
+
+}  // namespace
+
+const F32SoftmaxKernels& f32_softmax_kernels(Isa isa) { return kVariants[static_cast<int>(isa)]; }
+
+}  // namespace surety

@@ -1,0 +1,139 @@
+#include "softmax/f32_softmax_row.h"
+
+#include <cmath>
+#include <limits>
+
+namespace surety {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr double kLn2 = 0.6931471805599453;
+
+void fill(size_t n, float* y, float value) {
+  for (size_t i = 0; i < n; ++i) y[i] = value;
+}
+
+// The rows whose maximum is not finite, off the fast path. rmax may have skipped a NaN, so it is
+// looked for here: NaN anywhere among the kept elements makes the row NaN. Otherwise a maximum
+// of -inf means nothing is kept (y = 0, lse = -inf), and +inf takes the limit: the mass is shared
+// equally by the +inf elements, lse = +inf.
+void softmax_row_nonfinite_max(size_t n, const float* x, const uint8_t* mask, float scale,
+                               float max, float* y, float* lse, const float* dot_values,
+                               float* dot) {
+  size_t infinite = 0;
+  bool nan = false;
+  for (size_t i = 0; i < n; ++i) {
+    if (mask != nullptr && mask[i] == 0) continue;
+    const float z = scale * x[i];
+    nan = nan || std::isnan(z);
+    infinite += z == kInf ? 1 : 0;
+  }
+  if (nan) {
+    fill(n, y, kNaN);
+    *lse = kNaN;
+    if (dot != nullptr) *dot = kNaN;
+    return;
+  }
+  if (max == -kInf || infinite == 0) {
+    fill(n, y, 0.0f);
+    *lse = -kInf;
+    if (dot != nullptr) *dot = kNaN;
+    return;
+  }
+  const float share = 1.0f / static_cast<float>(infinite);
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    const bool kept = mask == nullptr || mask[i] != 0;
+    const bool top = kept && scale * x[i] == kInf;  // read before y[i] is written (x may be y)
+    y[i] = top ? share : 0.0f;
+    if (top && dot_values != nullptr) sum += static_cast<double>(dot_values[i]) * share;
+  }
+  *lse = kInf;
+  if (dot != nullptr) *dot = static_cast<float>(sum);
+}
+
+}  // namespace
+
+float ext_exp_sum_log(ExtExpSum sum) {
+  return static_cast<float>(std::log(static_cast<double>(sum.mantissa)) +
+                            static_cast<double>(sum.exponent) * kLn2);
+}
+
+ExtExpSum ext_exp_sum_merge(const ExtExpSum* parts, size_t count) {
+  // Same rule as inside a microkernel: rescale every part to the largest exponent; each factor
+  // is a power of two no greater than 1.
+  double exponent = -std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < count; ++i) {
+    if (std::isnan(parts[i].mantissa) || std::isnan(parts[i].exponent)) return {kNaN, kNaN};
+    if (parts[i].mantissa > 0.0f && parts[i].exponent > exponent) exponent = parts[i].exponent;
+  }
+  if (exponent == -std::numeric_limits<double>::infinity()) return {0.0f, -65536.0f};
+  double mantissa = 0.0;
+  for (size_t i = 0; i < count; ++i) {
+    if (!(parts[i].mantissa > 0.0f)) continue;
+    mantissa += std::ldexp(static_cast<double>(parts[i].mantissa),
+                           static_cast<int>(static_cast<double>(parts[i].exponent) - exponent));
+  }
+  return {static_cast<float>(mantissa), static_cast<float>(exponent)};
+}
+
+void f32_softmax_row_excluded(size_t n, float* y, float* lse) {
+  fill(n, y, 0.0f);
+  *lse = -kInf;
+}
+
+void f32_softmax_row_reload(const F32SoftmaxKernels& k, size_t n, const float* x,
+                            const uint8_t* mask, float scale, float* y, float* lse,
+                            const float* dot_values, float* dot) {
+  const float max = k.rmax(n, x, mask, scale);
+  if (!std::isfinite(max)) {
+    if (std::isnan(max)) {
+      fill(n, y, kNaN);
+      *lse = kNaN;
+      if (dot != nullptr) *dot = kNaN;
+      return;
+    }
+    softmax_row_nonfinite_max(n, x, mask, scale, max, y, lse, dot_values, dot);
+    return;
+  }
+  // Every kept z - max is <= 0 (and the maximum itself contributes e^0 = 1), so the sum is in
+  // [1, n]: no overflow, and no underflow of the sum however negative the values are.
+  const float sum = k.raddstoreexpminusmax(n, x, mask, scale, max, y);
+  if (std::isnan(sum)) {
+    fill(n, y, kNaN);
+    *lse = kNaN;
+    if (dot != nullptr) *dot = kNaN;
+    return;
+  }
+  const float inv_sum = 1.0f / sum;
+  if (dot_values != nullptr) {
+    *dot = k.vmulc_rdot(n, y, inv_sum, dot_values);
+  } else {
+    k.vmulc(n, y, inv_sum);
+  }
+  *lse = static_cast<float>(static_cast<double>(max) + std::log(static_cast<double>(sum)));
+}
+
+void f32_softmax_row_scale_ext(const F32SoftmaxKernels& k, size_t n, const float* x,
+                               const uint8_t* mask, float scale, ExtExpSum sum, float* y) {
+  k.vscaleextexp(n, x, mask, scale, 1.0f / sum.mantissa, sum.exponent, y);
+}
+
+void f32_softmax_row(const F32SoftmaxKernels& k, SoftmaxAlgorithm algorithm, size_t n,
+                     const float* x, const uint8_t* mask, float scale, float* y, float* lse) {
+  const bool two_pass = algorithm == SoftmaxAlgorithm::kTwoPass ||
+                        (algorithm == SoftmaxAlgorithm::kAuto && n >= kTwoPassMinRowLength);
+  if (two_pass) {
+    const ExtExpSum sum = k.raddextexp(n, x, mask, scale);
+    if (ext_exp_sum_in_domain(sum)) {
+      f32_softmax_row_scale_ext(k, n, x, mask, scale, sum, y);
+      *lse = ext_exp_sum_log(sum);
+      return;
+    }
+    // NaN, +inf, nothing kept, or magnitudes beyond the two-pass domain: reload handles all.
+  }
+  f32_softmax_row_reload(k, n, x, mask, scale, y, lse);
+}
+
+}  // namespace surety
