@@ -1,0 +1,506 @@
+"""Debian's ``fortunes`` cookie files as a labeled text corpus: one file per topic.
+
+The corpus comes from the Debian packages ``fortunes`` and ``fortunes-min``, fetched with
+``apt-get download`` against a private apt state (nothing is installed system-wide) and unpacked
+with ``dpkg -x`` into a cache folder. Each topic file holds entries separated by lines that
+contain only ``%``; the ``.dat`` (strfile index) and ``.u8`` (symlink) files are ignored.
+
+Decoding is per entry, not per file: an entry that is valid UTF-8 is read as UTF-8, any other
+entry as Latin-1. Old fortune files predate UTF-8 and were Latin-1; deciding per entry keeps a
+single stray byte from turning the valid UTF-8 of a whole file into mojibake, and Latin-1 maps
+every byte, so nothing is dropped or replaced. (Debian's bookworm files are all valid UTF-8; the
+fallback is for other versions of the corpus and hand-made files.)
+
+Whitespace is collapsed to single spaces: fortune files hard-wrap at ~72 columns and indent
+attributions, layout that carries no topic information, and the BERT tokenizer treats every
+whitespace run alike anyway. Overstrikes (``X\\bX`` / ``_\\bX``, the nroff way of writing bold
+and underline) keep the struck character, and other control characters (bells) are dropped.
+
+Splits are stratified per topic and deterministic for a seed: each topic is shuffled with its own
+generator seeded by (seed, topic name), so adding a topic leaves the other topics' splits alone.
+Texts that occur under two different in-distribution topics are dropped (their label is
+ambiguous), duplicates within a topic are kept once, and OOD entries that also occur
+in-distribution are dropped, so that no text sits on both sides of any split.
+
+Usage::
+
+    python -m service.data.fortunes [--cache-dir DIR] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CACHE_DIR_ENV",
+    "IN_DISTRIBUTION_TOPICS",
+    "OOD_TOPICS",
+    "Example",
+    "FortunesDataset",
+    "FortunesError",
+    "Splits",
+    "decode_entry",
+    "default_cache_dir",
+    "download_corpus",
+    "load_topics",
+    "main",
+    "normalise_entry",
+    "parse_fortune_bytes",
+    "parse_fortune_file",
+    "prepare_fortunes",
+    "read_jsonl",
+    "split_stratified",
+    "write_jsonl",
+]
+
+IN_DISTRIBUTION_TOPICS: tuple[str, ...] = (
+    "computers",
+    "linux",
+    "politics",
+    "science",
+    "law",
+    "education",
+    "food",
+    "sports",
+    "love",
+    "medicine",
+    "startrek",
+)
+OOD_TOPICS: tuple[str, ...] = ("zippy", "songs-poems")
+PACKAGES: tuple[str, ...] = ("fortunes", "fortunes-min")
+DEFAULT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
+CACHE_DIR_ENV = "SURETY_FORTUNES_DIR"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_SUITE = "bookworm"
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+TOPIC_SUBDIR = Path("usr/share/games/fortunes")
+# Bump when parsing or normalisation changes, so cached splits made the old way are rebuilt.
+FORMAT_VERSION = 1
+
+_SEPARATOR = re.compile(rb"^%[ \t\r]*$", re.MULTILINE)
+_OVERSTRIKE = re.compile(r"[^\x08\n]\x08")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"fortunes: {message}", file=sys.stderr, flush=True)
+
+
+class FortunesError(RuntimeError):
+    """The corpus could not be fetched, unpacked or read."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labeled entry."""
+
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A stratified train / calibration / test split of in-distribution examples."""
+
+    train: list[Example]
+    calibration: list[Example]
+    test: list[Example]
+
+
+@dataclass(frozen=True)
+class FortunesDataset:
+    """Where the prepared JSONL files are, and what they hold."""
+
+    directory: Path
+    train: Path
+    calibration: Path
+    test: Path
+    ood: dict[str, Path]
+    labels: tuple[str, ...]
+    seed: int
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def split_paths(self) -> dict[str, Path]:
+        """Every JSONL file by split name (``ood_<topic>`` for the OOD sets)."""
+        paths = {"train": self.train, "calibration": self.calibration, "test": self.test}
+        paths.update({f"ood_{topic}": path for topic, path in self.ood.items()})
+        return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+def decode_entry(raw: bytes) -> str:
+    """UTF-8 if the bytes are valid UTF-8, else Latin-1 (which accepts every byte)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def normalise_entry(text: str) -> str:
+    """Resolve overstrikes, drop control characters, collapse whitespace to single spaces."""
+    previous = None
+    while previous != text:  # "a\b\bxy" style chains need more than one pass
+        previous = text
+        text = _OVERSTRIKE.sub("", text)
+    text = _CONTROL.sub("", text)
+    return " ".join(text.split())
+
+
+def parse_fortune_bytes(data: bytes) -> list[str]:
+    """Entries of one fortune file's bytes, decoded and normalised, empty ones dropped."""
+    entries = []
+    for raw in _SEPARATOR.split(data):
+        text = normalise_entry(decode_entry(raw))
+        if text:
+            entries.append(text)
+    return entries
+
+
+def parse_fortune_file(path: Path) -> list[str]:
+    """Entries of one fortune file (see :func:`parse_fortune_bytes`)."""
+    return parse_fortune_bytes(Path(path).read_bytes())
+
+
+def load_topics(topic_dir: Path, topics: Iterable[str]) -> dict[str, list[str]]:
+    """Entries per topic from ``topic_dir/<topic>``; a missing or empty topic is an error."""
+    topic_dir = Path(topic_dir)
+    result: dict[str, list[str]] = {}
+    for topic in topics:
+        path = topic_dir / topic
+        if not path.is_file():
+            available = sorted(
+                p.name for p in topic_dir.glob("*") if p.is_file() and p.suffix not in {".dat"}
+            )
+            raise FortunesError(
+                f"topic {topic!r} not found in {topic_dir} (available: {', '.join(available)})"
+            )
+        entries = parse_fortune_file(path)
+        if not entries:
+            raise FortunesError(f"topic {topic!r} in {path} has no entries")
+        result[topic] = entries
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Splitting
+
+
+def _deduplicate(
+    in_distribution: Mapping[str, Sequence[str]], ood: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    owners: dict[str, set[str]] = {}
+    for topic, texts in in_distribution.items():
+        for text in texts:
+            owners.setdefault(text, set()).add(topic)
+    kept_id = {
+        topic: list(dict.fromkeys(t for t in texts if len(owners[t]) == 1))
+        for topic, texts in in_distribution.items()
+    }
+    kept_ood = {
+        topic: list(dict.fromkeys(t for t in texts if t not in owners))
+        for topic, texts in ood.items()
+    }
+    return kept_id, kept_ood
+
+
+def split_stratified(
+    examples: Mapping[str, Sequence[str]],
+    *,
+    seed: int,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+) -> Splits:
+    """Split each topic's texts into train / calibration / test in the given proportions.
+
+    Deterministic for a seed. Each topic is shuffled by a generator seeded with (seed, topic),
+    and with at least three texts a topic gets at least one in every split.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
+    train: list[Example] = []
+    calibration: list[Example] = []
+    test: list[Example] = []
+    for label in sorted(examples):
+        texts = list(examples[label])
+        n = len(texts)
+        rng = np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
+        order = rng.permutation(n)
+        n_cal = round(n * fractions[1])
+        n_test = round(n * fractions[2])
+        if n >= 3:
+            n_cal = max(n_cal, 1) if fractions[1] > 0 else 0
+            n_test = max(n_test, 1) if fractions[2] > 0 else 0
+        n_train = n - n_cal - n_test
+        parts = (
+            (train, order[:n_train]),
+            (calibration, order[n_train : n_train + n_cal]),
+            (test, order[n_train + n_cal :]),
+        )
+        for target, indices in parts:
+            target.extend(Example(texts[i], label) for i in indices)
+    return Splits(train=train, calibration=calibration, test=test)
+
+
+# --------------------------------------------------------------------------------------------
+# JSONL
+
+
+def write_jsonl(path: Path, examples: Iterable[Example]) -> int:
+    """Write ``{"text", "label"}`` lines atomically; returns the number written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for example in examples:
+            f.write(json.dumps({"text": example.text, "label": example.label}, ensure_ascii=False))
+            f.write("\n")
+            count += 1
+    tmp.replace(path)
+    return count
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    """Read ``{"text", "label"}`` lines (blank lines are skipped)."""
+    examples = []
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                examples.append(Example(str(record["text"]), str(record["label"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{number}: not a {{text, label}} record: {exc}") from exc
+    return examples
+
+
+# --------------------------------------------------------------------------------------------
+# Download
+
+
+def _repo_root() -> Path | None:
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def default_cache_dir() -> Path:
+    """``$SURETY_FORTUNES_DIR``, else ``data/fortunes`` under the repository (or the cwd)."""
+    if override := os.environ.get(CACHE_DIR_ENV):
+        return Path(override)
+    return (_repo_root() or Path.cwd()) / "data" / "fortunes"
+
+
+def _run(command: Sequence[str], cwd: Path | None = None) -> None:
+    try:
+        result = subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise FortunesError(f"could not run {command[0]}: {exc}") from exc
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip()[-2000:]
+        raise FortunesError(f"`{' '.join(command)}` failed ({result.returncode}):\n{tail}")
+
+
+def download_corpus(
+    cache_dir: Path,
+    *,
+    suite: str = DEBIAN_SUITE,
+    mirror: str = DEBIAN_MIRROR,
+    log: Log = _stderr,
+) -> Path:
+    """Fetch and unpack ``fortunes`` + ``fortunes-min`` under ``cache_dir``; returns the topic dir.
+
+    Cached: when ``cache_dir/corpus.json`` exists the download is skipped.
+    """
+    cache_dir = Path(cache_dir)
+    root = cache_dir / "root"
+    topic_dir = root / TOPIC_SUBDIR
+    stamp = cache_dir / "corpus.json"
+    if stamp.is_file() and topic_dir.is_dir():
+        return topic_dir
+
+    for tool in ("apt-get", "dpkg"):
+        if shutil.which(tool) is None:
+            raise FortunesError(
+                f"{tool!r} not found: fetching the fortunes corpus needs a Debian system "
+                f"(or unpack the packages {', '.join(PACKAGES)} into {root} yourself "
+                f"and write {stamp})"
+            )
+    if not DEBIAN_KEYRING.is_file():
+        raise FortunesError(f"{DEBIAN_KEYRING} is missing (package debian-archive-keyring)")
+
+    log(f"downloading {' '.join(PACKAGES)} from Debian {suite} into {cache_dir}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fortunes-apt-") as tmp:
+        work = Path(tmp)
+        for sub in ("sources.list.d", "lists/partial", "cache/archives/partial", "debs"):
+            (work / sub).mkdir(parents=True)
+        (work / "sources.list").write_text(
+            f"deb [signed-by={DEBIAN_KEYRING}] {mirror} {suite} main\n", encoding="utf-8"
+        )
+        # A private sources list and state: the machine's apt configuration is never touched.
+        apt_options = [
+            f"-oDir::Etc::SourceList={work / 'sources.list'}",
+            f"-oDir::Etc::SourceParts={work / 'sources.list.d'}",
+            f"-oDir::State::Lists={work / 'lists'}",
+            f"-oDir::Cache={work / 'cache'}",
+            "-oAPT::Sandbox::User=root",
+            "-oDebug::NoLocking=1",
+        ]
+        log("apt-get update (private package lists)")
+        _run(["apt-get", "-q", *apt_options, "update"])
+        log("apt-get download")
+        _run(["apt-get", "-q", *apt_options, "download", *PACKAGES], cwd=work / "debs")
+        debs = sorted((work / "debs").glob("*.deb"))
+        if len(debs) != len(PACKAGES):
+            raise FortunesError(
+                f"expected {len(PACKAGES)} .deb files, got {[d.name for d in debs]}"
+            )
+        staging = cache_dir / "root.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        for deb in debs:
+            log(f"unpacking {deb.name}")
+            _run(["dpkg", "-x", str(deb), str(staging)])
+        if not (staging / TOPIC_SUBDIR).is_dir():
+            raise FortunesError(f"the packages did not contain {TOPIC_SUBDIR}")
+        shutil.rmtree(root, ignore_errors=True)
+        staging.replace(root)
+        packages = [
+            {"file": deb.name, "sha256": hashlib.sha256(deb.read_bytes()).hexdigest()}
+            for deb in debs
+        ]
+    stamp.write_text(
+        json.dumps({"suite": suite, "mirror": mirror, "packages": packages}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    log(f"corpus in {topic_dir}")
+    return topic_dir
+
+
+# --------------------------------------------------------------------------------------------
+# The whole preparation
+
+
+def _split_parameters(
+    seed: int,
+    fractions: tuple[float, float, float],
+    topics: Sequence[str],
+    ood_topics: Sequence[str],
+    corpus: Mapping[str, Any],
+) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "fractions": list(fractions),
+        "topics": list(topics),
+        "ood_topics": list(ood_topics),
+        "corpus": dict(corpus),
+    }
+
+
+def prepare_fortunes(
+    cache_dir: Path | None = None,
+    *,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    topics: Sequence[str] = IN_DISTRIBUTION_TOPICS,
+    ood_topics: Sequence[str] = OOD_TOPICS,
+    log: Log = _stderr,
+) -> FortunesDataset:
+    """Download (once), parse, deduplicate and split the corpus; write JSONL files (once).
+
+    Files land in ``<cache_dir>/splits/seed-<seed>/``: ``train.jsonl``, ``calibration.jsonl``,
+    ``test.jsonl``, ``ood_<topic>.jsonl`` and ``manifest.json``. A second call with the same
+    parameters reads the manifest and returns without downloading or splitting.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    topic_dir = download_corpus(cache_dir, log=log)
+    corpus = json.loads((cache_dir / "corpus.json").read_text(encoding="utf-8"))
+    parameters = _split_parameters(seed, fractions, topics, ood_topics, corpus)
+
+    out = cache_dir / "splits" / f"seed-{seed}"
+    dataset = FortunesDataset(
+        directory=out,
+        train=out / "train.jsonl",
+        calibration=out / "calibration.jsonl",
+        test=out / "test.jsonl",
+        ood={topic: out / f"ood_{topic}.jsonl" for topic in ood_topics},
+        labels=tuple(topics),
+        seed=seed,
+    )
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("parameters") == parameters and all(
+            p.is_file() for p in dataset.split_paths().values()
+        ):
+            log(f"splits cached in {out}")
+            return FortunesDataset(**{**dataset.__dict__, "counts": manifest["counts"]})
+
+    log(f"parsing {len(topics)} in-distribution and {len(ood_topics)} OOD topics")
+    in_distribution, ood = _deduplicate(
+        load_topics(topic_dir, topics), load_topics(topic_dir, ood_topics)
+    )
+    splits = split_stratified(in_distribution, seed=seed, fractions=fractions)
+    counts: dict[str, dict[str, int]] = {}
+    for name, examples in (
+        ("train", splits.train),
+        ("calibration", splits.calibration),
+        ("test", splits.test),
+    ):
+        write_jsonl(out / f"{name}.jsonl", examples)
+        per_label = {topic: 0 for topic in topics}
+        for example in examples:
+            per_label[example.label] += 1
+        counts[name] = per_label
+    for topic in ood_topics:
+        write_jsonl(dataset.ood[topic], (Example(text, topic) for text in ood[topic]))
+        counts[f"ood_{topic}"] = {topic: len(ood[topic])}
+    manifest_path.write_text(
+        json.dumps({"parameters": parameters, "counts": counts}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    totals = ", ".join(f"{name} {sum(c.values())}" for name, c in counts.items())
+    log(f"splits written to {out}: {totals}")
+    return FortunesDataset(**{**dataset.__dict__, "counts": counts})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m service.data.fortunes``: prepare the corpus and print the counts."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help=f"default: ${CACHE_DIR_ENV} or data/fortunes"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        dataset = prepare_fortunes(args.cache_dir, seed=args.seed)
+    except FortunesError as exc:
+        print(f"fortunes: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: str(v) for k, v in dataset.split_paths().items()}, indent=2))
+    print(json.dumps(dataset.counts, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

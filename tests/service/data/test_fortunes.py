@@ -1,0 +1,205 @@
+"""The fortunes loader: parsing small hand-written files, deterministic stratified splits, and
+the real corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.data import fortunes
+from service.data.fortunes import (
+    Example,
+    FortunesError,
+    load_topics,
+    parse_fortune_bytes,
+    parse_fortune_file,
+    prepare_fortunes,
+    read_jsonl,
+    split_stratified,
+    write_jsonl,
+)
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+def test_entries_are_separated_by_percent_lines(tmp_path: Path) -> None:
+    path = tmp_path / "topic"
+    path.write_bytes(b"first entry\n%\nsecond\nentry\n%\nthird\n")
+    assert parse_fortune_file(path) == ["first entry", "second entry", "third"]
+
+
+def test_trailing_separator_and_empty_entries_are_dropped() -> None:
+    data = b"%\none\n%\n%\n   \n\t\n%\ntwo\n%\n"
+    assert parse_fortune_bytes(data) == ["one", "two"]
+
+
+def test_only_whole_line_percent_separates() -> None:
+    data = b"100% sure\n%% not a separator\n%  \nnext\r\n%\r\nlast"
+    assert parse_fortune_bytes(data) == ["100% sure %% not a separator", "next", "last"]
+
+
+def test_whitespace_is_collapsed() -> None:
+    data = b"  Indented\tline,\n\n     hard-wrapped   text.\n\t\t-- Attribution  \n%\n"
+    assert parse_fortune_bytes(data) == ["Indented line, hard-wrapped text. -- Attribution"]
+
+
+def test_overstrikes_keep_the_struck_character_and_controls_are_dropped() -> None:
+    data = b"_\x08b_\x08o_\x08l_\x08d and B\x08BO\x08OL\x08LD\x07!\n"
+    assert parse_fortune_bytes(data) == ["bold and BOLD!"]
+
+
+def test_decoding_is_utf8_with_latin1_fallback_per_entry() -> None:
+    data = "caf\u00e9 in UTF-8\n%\n".encode() + b"caf\xe9 in Latin-1\n%\n\xff\xfe raw\n"
+    assert parse_fortune_bytes(data) == [
+        "caf\u00e9 in UTF-8",
+        "caf\u00e9 in Latin-1",
+        "\u00ff\u00fe raw",
+    ]
+
+
+def test_load_topics_reads_each_topic_and_rejects_a_missing_one(tmp_path: Path) -> None:
+    (tmp_path / "food").write_bytes(b"pie\n%\ncake\n")
+    (tmp_path / "food.dat").write_bytes(b"\x00\x00\x00\x02index")
+    (tmp_path / "law").write_bytes(b"order\n")
+    assert load_topics(tmp_path, ["food", "law"]) == {"food": ["pie", "cake"], "law": ["order"]}
+    with pytest.raises(FortunesError, match="'sports' not found"):
+        load_topics(tmp_path, ["food", "sports"])
+
+
+def test_a_topic_without_entries_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"%\n\n%\n")
+    with pytest.raises(FortunesError, match="no entries"):
+        load_topics(tmp_path, ["empty"])
+
+
+def test_jsonl_round_trip(tmp_path: Path) -> None:
+    examples = [Example('a "quoted" text \u00e9', "x"), Example("b", "y")]
+    path = tmp_path / "sub" / "set.jsonl"
+    assert write_jsonl(path, examples) == 2
+    assert read_jsonl(path) == examples
+    assert json.loads(path.read_text(encoding="utf-8").splitlines()[0]) == {
+        "text": 'a "quoted" text \u00e9',
+        "label": "x",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+
+
+def _corpus() -> dict[str, list[str]]:
+    sizes = {"big": 200, "mid": 60, "small": 20, "tiny": 3}
+    return {label: [f"{label} {i}" for i in range(n)] for label, n in sizes.items()}
+
+
+def test_same_seed_same_split_different_seed_different_split() -> None:
+    corpus = _corpus()
+    first = split_stratified(corpus, seed=7)
+    assert split_stratified(corpus, seed=7) == first
+    other = split_stratified(corpus, seed=8)
+    assert other != first
+    assert {e.text for e in other.test} != {e.text for e in first.test}
+
+
+def test_splits_are_disjoint_complete_and_stratified() -> None:
+    corpus = _corpus()
+    splits = split_stratified(corpus, seed=0, fractions=(0.7, 0.15, 0.15))
+    parts = [splits.train, splits.calibration, splits.test]
+    texts = [{e.text for e in part} for part in parts]
+    assert sum(len(t) for t in texts) == sum(len(v) for v in corpus.values())
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    for label, items in corpus.items():
+        counts = [sum(e.label == label for e in part) for part in parts]
+        assert all(c >= 1 for c in counts), (label, counts)
+        if len(items) >= 20:
+            n = len(items)
+            assert abs(counts[0] - 0.7 * n) <= 1
+            assert abs(counts[1] - 0.15 * n) <= 1
+            assert abs(counts[2] - 0.15 * n) <= 1
+    for part in parts:
+        for e in part:
+            assert e.text.startswith(e.label)
+
+
+def test_a_topics_split_does_not_depend_on_the_other_topics() -> None:
+    corpus = _corpus()
+    alone = split_stratified({"mid": corpus["mid"]}, seed=3)
+    together = split_stratified(corpus, seed=3)
+    assert [e for e in together.test if e.label == "mid"] == alone.test
+
+
+def test_bad_fractions_are_rejected() -> None:
+    with pytest.raises(ValueError, match="fractions"):
+        split_stratified(_corpus(), seed=0, fractions=(0.5, 0.2, 0.2))
+
+
+def test_deduplication_drops_ambiguous_and_leaking_texts() -> None:
+    in_dist, ood = fortunes._deduplicate(
+        {"a": ["same", "x", "x", "only a"], "b": ["same", "only b"]},
+        {"z": ["x", "new", "new"]},
+    )
+    assert in_dist == {"a": ["x", "only a"], "b": ["only b"]}
+    assert ood == {"z": ["new"]}
+
+
+def test_missing_tools_give_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda _: None)
+    with pytest.raises(FortunesError, match="'apt-get' not found"):
+        fortunes.download_corpus(tmp_path / "cache", log=lambda _: None)
+
+
+def test_prepare_splits_a_local_corpus_once(tmp_path: Path) -> None:
+    """With an already unpacked corpus: JSONL files, a manifest, and no re-split on a 2nd call."""
+    topic_dir = tmp_path / "root" / fortunes.TOPIC_SUBDIR
+    topic_dir.mkdir(parents=True)
+    for topic in ("a", "b", "ood"):
+        entries = [f"{topic} entry {i}" for i in range(20)]
+        (topic_dir / topic).write_bytes(("\n%\n".join(entries) + "\n%\n").encode())
+    (tmp_path / "corpus.json").write_text("{}", encoding="utf-8")
+    messages: list[str] = []
+    dataset = prepare_fortunes(
+        tmp_path, seed=1, topics=("a", "b"), ood_topics=("ood",), log=messages.append
+    )
+    assert dataset.labels == ("a", "b")
+    assert [len(read_jsonl(p)) for p in (dataset.train, dataset.calibration, dataset.test)] == [
+        28,
+        6,
+        6,
+    ]
+    assert read_jsonl(dataset.ood["ood"])[0].label == "ood"
+    assert dataset.counts["test"] == {"a": 3, "b": 3}
+    stamp = dataset.train.stat().st_mtime_ns
+    again = prepare_fortunes(
+        tmp_path, seed=1, topics=("a", "b"), ood_topics=("ood",), log=messages.append
+    )
+    assert again == dataset
+    assert dataset.train.stat().st_mtime_ns == stamp
+    assert messages[-1].startswith("splits cached")
+
+
+# --------------------------------------------------------------------------------------------
+# The real corpus (downloaded once into the cache: data/fortunes or $SURETY_FORTUNES_DIR)
+
+
+@pytest.fixture(scope="session")
+def real_dataset() -> fortunes.FortunesDataset:
+    return prepare_fortunes(seed=0)
+
+
+def test_real_corpus_has_every_topic(real_dataset: fortunes.FortunesDataset) -> None:
+    assert real_dataset.labels == fortunes.IN_DISTRIBUTION_TOPICS
+    for split in ("train", "calibration", "test"):
+        counts = real_dataset.counts[split]
+        assert set(counts) == set(fortunes.IN_DISTRIBUTION_TOPICS)
+        assert all(n > 0 for n in counts.values()), (split, counts)
+    train = read_jsonl(real_dataset.train)
+    test = read_jsonl(real_dataset.test)
+    assert len(train) == sum(real_dataset.counts["train"].values()) > 2000
+    assert not {e.text for e in train} & {e.text for e in test}
+    assert all(e.text and e.text == " ".join(e.text.split()) for e in train)
+    for topic, path in real_dataset.ood.items():
+        ood = read_jsonl(path)
+        assert len(ood) > 100 and {e.label for e in ood} == {topic}
