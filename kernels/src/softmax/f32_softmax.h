@@ -41,10 +41,18 @@ constexpr float kExtExpMaxExponent = 65536.0f;                  // 2^16
 constexpr float kExtExpMinInput = -45426.09375f;                // -2^16 * ln2, rounded to float
 constexpr float kExtExpMinExponent = -65536.0f + 200.0f;        // clamped lanes are 2^-200 below
 
-inline bool ext_exp_sum_in_domain(ExtExpSum s) {
-  return s.mantissa > 0.0f && s.mantissa <= 3.0e38f && s.exponent >= kExtExpMinExponent &&
-         s.exponent <= kExtExpMaxExponent;
-}
+// Whether a pass-1 sum can be used by pass 2 (else the row is recomputed by reloading).
+bool ext_exp_sum_in_domain(ExtExpSum s);
+
+// Sum of extended-exponent sums (the lanes of a vector kernel, the chunks of a long row): every
+// part rescaled to the largest exponent, by powers of two no greater than 1. NaN when a part is
+// NaN or the largest exponent is beyond the domain (the row is then recomputed anyway).
+//
+// Defined in a generic translation unit and called by the ISA-specific ones: a function or
+// template defined inline in a header shared by translation units compiled with different -m
+// flags may be emitted once with AVX2 instructions and reached from the scalar path, so the
+// microkernel files call only such out-of-line helpers and intrinsics.
+ExtExpSum ext_exp_sum_merge(const ExtExpSum* parts, size_t count);
 
 // Pass 1 of the two-pass softmax: sum of e^z over the kept elements, in extended-exponent form.
 // Each lane keeps a pair (M, E); a new term m * 2^n joins as E' = max(E, n),

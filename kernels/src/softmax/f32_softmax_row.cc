@@ -1,5 +1,6 @@
 #include "softmax/f32_softmax_row.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -60,22 +61,28 @@ float ext_exp_sum_log(ExtExpSum sum) {
                             static_cast<double>(sum.exponent) * kLn2);
 }
 
+bool ext_exp_sum_in_domain(ExtExpSum s) {
+  return s.mantissa > 0.0f && s.mantissa <= 3.0e38f && s.exponent >= kExtExpMinExponent &&
+         s.exponent <= kExtExpMaxExponent;
+}
+
 ExtExpSum ext_exp_sum_merge(const ExtExpSum* parts, size_t count) {
-  // Same rule as inside a microkernel: rescale every part to the largest exponent; each factor
-  // is a power of two no greater than 1.
-  double exponent = -std::numeric_limits<double>::infinity();
+  float exponent = -std::numeric_limits<float>::infinity();
   for (size_t i = 0; i < count; ++i) {
     if (std::isnan(parts[i].mantissa) || std::isnan(parts[i].exponent)) return {kNaN, kNaN};
     if (parts[i].mantissa > 0.0f && parts[i].exponent > exponent) exponent = parts[i].exponent;
   }
-  if (exponent == -std::numeric_limits<double>::infinity()) return {0.0f, -65536.0f};
+  if (exponent == -std::numeric_limits<float>::infinity()) return {0.0f, -65536.0f};
+  if (!(exponent <= kExtExpMaxExponent)) return {kNaN, kNaN};
   double mantissa = 0.0;
   for (size_t i = 0; i < count; ++i) {
     if (!(parts[i].mantissa > 0.0f)) continue;
-    mantissa += std::ldexp(static_cast<double>(parts[i].mantissa),
-                           static_cast<int>(static_cast<double>(parts[i].exponent) - exponent));
+    // Exponents are integers in [-2^16, 2^16] here; the clamp keeps a stray one from overflowing
+    // the int conversion (2^-1000 is 0 in float either way).
+    const float delta = std::max(parts[i].exponent - exponent, -1000.0f);
+    mantissa += std::ldexp(static_cast<double>(parts[i].mantissa), static_cast<int>(delta));
   }
-  return {static_cast<float>(mantissa), static_cast<float>(exponent)};
+  return {static_cast<float>(mantissa), exponent};
 }
 
 void f32_softmax_row_excluded(size_t n, float* y, float* lse) {

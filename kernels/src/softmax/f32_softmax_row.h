@@ -40,9 +40,6 @@ void f32_softmax_row_scale_ext(const F32SoftmaxKernels& k, size_t n, const float
 // log of a pass-1 sum: ln(S_m) + S_e ln 2.
 float ext_exp_sum_log(ExtExpSum sum);
 
-// Sum of partial extended-exponent sums (chunks of one row). NaN when any part is NaN.
-ExtExpSum ext_exp_sum_merge(const ExtExpSum* parts, size_t count);
-
 // The whole row excluded (a row-wide mask of false): y = 0, lse = -inf.
 void f32_softmax_row_excluded(size_t n, float* y, float* lse);
 
