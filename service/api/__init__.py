@@ -1,0 +1,13 @@
+"""The HTTP transport: one router per resource, listed once here."""
+
+from fastapi import APIRouter
+
+from service.api import health, infer, metrics, models, score
+
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    models.router,
+    infer.router,
+    score.router,
+    metrics.router,
+)

@@ -1,0 +1,26 @@
+"""``POST /v2/models/{model}[/versions/{version}]/infer``: raw model outputs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from service.api.responses import ERROR_RESPONSES, inference_response, read_request
+from service.deps import DataPlaneDep, SettingsDep
+from service.protocol.schemas import InferenceResponse
+
+router = APIRouter(prefix="/v2/models/{model}", tags=["inference"], responses=ERROR_RESPONSES)
+
+
+@router.post("/infer", name="infer", response_model=InferenceResponse)
+@router.post("/versions/{version}/infer", name="infer", response_model=InferenceResponse)
+async def infer(
+    model: str,
+    request: Request,
+    plane: DataPlaneDep,
+    settings: SettingsDep,
+    version: int | None = None,
+) -> Response:
+    """OIP inference: JSON tensors or the binary tensor extension, in and out."""
+    infer_request = await read_request(request, settings.max_request_bytes)
+    result = await plane.infer(model, version, infer_request)
+    return inference_response(result, infer_request)

@@ -1,0 +1,130 @@
+"""The ``surety`` command line: a table of subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("surety")
+
+#: Default models: name → module with ``build(entry: Path) -> ...`` (imported only when built,
+#: so serving never imports torch).
+DEFAULT_MODELS = {"digits": "service.models.digits"}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its arguments and what it runs (returning an exit status)."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-repository", type=Path, help="default $SURETY_MODEL_REPOSITORY")
+    parser.add_argument("--host", help="default $SURETY_HOST or 127.0.0.1")
+    parser.add_argument("--port", type=int, help="default $SURETY_PORT or 8000")
+    parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the model repository with uvicorn (one process; scale out with replicas)."""
+    import uvicorn
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("model_repository", args.model_repository),
+            ("host", args.host),
+            ("port", args.port),
+            ("log_level", args.log_level),
+        )
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+    )
+    return 0
+
+
+def _build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-repository", type=Path, default=Path("model_repository"), help="where to write"
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild entries that exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_defaults(args: argparse.Namespace) -> int:
+    """Train and export every default model into the repository (skips existing entries)."""
+    root: Path = args.model_repository
+    root.mkdir(parents=True, exist_ok=True)
+    for name, module_name in DEFAULT_MODELS.items():
+        entry = root / name
+        if entry.exists() and not args.force:
+            print(f"{name}: {entry} exists; --force rebuilds it")
+            continue
+        # Written beside the entry under a hidden name, then renamed: a build that fails or is
+        # interrupted never leaves a half-written entry for the server to trip on.
+        staging = root / f".{name}.building"
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"{name}: building into {entry}")
+        module = importlib.import_module(module_name)
+        module.build(staging, progress=not args.quiet)
+        shutil.rmtree(entry, ignore_errors=True)
+        staging.rename(entry)
+        print(f"{name}: done")
+    return 0
+
+
+COMMANDS = (
+    Command("serve", "serve the model repository over HTTP", _serve_arguments, serve),
+    Command(
+        "build-defaults",
+        "train and export the default models into the repository",
+        _build_arguments,
+        build_defaults,
+    ),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser, one sub-parser per entry of COMMANDS."""
+    root = argparse.ArgumentParser(prog="surety", description="Surety inference serving")
+    subparsers = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.arguments(sub)
+        sub.set_defaults(run=command.run)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``surety`` console script."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = parser().parse_args(argv)
+    status: int = args.run(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Domain exceptions and the one table that maps them to HTTP.
+
+Domain code raises these and knows nothing of HTTP; `handle_error` turns any exception into
+``{"error": message}`` with the status from `ERRORS`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import orjson
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+log = logging.getLogger(__name__)
+
+
+class SuretyError(Exception):
+    """Base of the errors a request can meet; the message is safe to show to clients."""
+
+
+class InvalidInputError(SuretyError):
+    """Malformed or invalid request: bad JSON, shapes, datatypes, names, parameters."""
+
+
+class ModelNotFoundError(SuretyError):
+    """No such model, or no such version of it, in the repository."""
+
+
+class ModelNotReadyError(SuretyError):
+    """The model (version) exists in the repository but did not load."""
+
+
+class ServerNotReadyError(SuretyError):
+    """Not every model in the repository is ready."""
+
+
+class RequestTooLargeError(SuretyError):
+    """The body is larger than the configured limit."""
+
+
+class QueueFullError(SuretyError):
+    """The model's batching queue holds its maximum number of requests."""
+
+
+class InferenceFailedError(SuretyError):
+    """ONNX Runtime failed on input that passed validation (a server-side problem)."""
+
+
+class ConfigError(SuretyError):
+    """A model repository entry is invalid; raised while loading, never during a request."""
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    """How one kind of error is answered."""
+
+    status: int
+    retry_after: bool = False
+    #: label of ``surety_rejected_requests_total`` when the error sheds load.
+    reject_reason: str | None = None
+
+
+ERRORS: dict[type[Exception], ErrorSpec] = {
+    InvalidInputError: ErrorSpec(400),
+    RequestValidationError: ErrorSpec(400),
+    ModelNotFoundError: ErrorSpec(404),
+    RequestTooLargeError: ErrorSpec(413, reject_reason="too_large"),
+    QueueFullError: ErrorSpec(429, retry_after=True, reject_reason="queue_full"),
+    ModelNotReadyError: ErrorSpec(503, retry_after=True, reject_reason="not_ready"),
+    ServerNotReadyError: ErrorSpec(503, retry_after=True),
+    InferenceFailedError: ErrorSpec(500),
+}
+INTERNAL = ErrorSpec(500)
+
+
+def spec_for(exc: Exception) -> ErrorSpec:
+    """The table entry of the exception's closest listed class (HTTPException keeps its code)."""
+    if isinstance(exc, HTTPException):
+        return ErrorSpec(exc.status_code)
+    for cls in type(exc).__mro__:
+        if cls in ERRORS:
+            return ERRORS[cls]
+    return INTERNAL
+
+
+def describe_validation(exc: ValidationError | RequestValidationError) -> str:
+    """'invalid request: inputs[0].shape: Input should be a valid list' from pydantic errors."""
+    parts = []
+    for error in exc.errors():
+        location = ""
+        for item in error["loc"]:
+            location += f"[{item}]" if isinstance(item, int) else f".{item}" if location else item
+        parts.append(f"{location or 'body'}: {error['msg']}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def message_for(exc: Exception, spec: ErrorSpec) -> str:
+    """The client-facing message; internal errors never expose their details."""
+    if isinstance(exc, RequestValidationError):
+        return describe_validation(exc)
+    if isinstance(exc, HTTPException):
+        return str(exc.detail)
+    if spec is INTERNAL:
+        return "internal server error"
+    return str(exc)
+
+
+def handle_error(request: Request, exc: Exception, retry_after_s: int) -> Response:
+    """Build the ``{"error": ...}`` response for any exception raised while serving a request."""
+    spec = spec_for(exc)
+    if spec.status >= 500 and spec.retry_after is False:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    headers = {"Retry-After": str(retry_after_s)} if spec.retry_after else None
+    body = orjson.dumps({"error": message_for(exc, spec)})
+    return Response(body, spec.status, headers=headers, media_type="application/json")

@@ -1,0 +1,78 @@
+"""The FastAPI application factory; models load in the lifespan, nothing happens at import."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from fastapi import FastAPI, Request, Response
+from starlette.exceptions import HTTPException
+
+from service import __version__
+from service.api import ROUTERS
+from service.api.middleware import RequestMiddleware
+from service.api.responses import OrjsonResponse
+from service.errors import ERRORS, handle_error, spec_for
+from service.metrics import Metrics
+from service.runtime.dataplane import DataPlane
+from service.runtime.repository import load_repository
+from service.settings import Settings
+
+
+class State(TypedDict):
+    """Lifespan state, handed to every request as ``request.state``."""
+
+    dataplane: DataPlane
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the model repository loads when the app starts (its lifespan)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    app = FastAPI(
+        title="Surety",
+        version=__version__,
+        summary="Open Inference Protocol v2 serving of ONNX models, with the ai.surety kernels",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    for router in ROUTERS:
+        app.include_router(router)
+    for exc_type in (*ERRORS, HTTPException, Exception):
+        app.add_exception_handler(exc_type, _error_response)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+    """Load and warm every model, run the batchers, and stop them on shutdown."""
+    settings: Settings = app.state.settings
+    entries = await asyncio.to_thread(
+        load_repository, settings.model_repository, settings.intra_op_threads
+    )
+    # Inference threads bounded by the cores: FastAPI's 40-thread pool never runs ORT.
+    executor = ThreadPoolExecutor(settings.workers(), thread_name_prefix="surety-infer")
+    plane = DataPlane(entries, executor, settings, app.state.metrics)
+    await plane.start()
+    try:
+        yield {"dataplane": plane}
+    finally:
+        await plane.stop()
+        executor.shutdown(wait=True)
+
+
+async def _error_response(request: Request, exc: Exception) -> Response:
+    settings: Settings = request.app.state.settings
+    reason = spec_for(exc).reject_reason
+    model = request.path_params.get("model")
+    plane: DataPlane | None = getattr(request.state, "dataplane", None)
+    if reason is not None and model is not None and plane is not None and plane.is_known(model):
+        metrics: Metrics = request.app.state.metrics
+        metrics.rejected.labels(model=model, reason=reason).inc()
+    return handle_error(request, exc, settings.retry_after_s)

@@ -1,0 +1,95 @@
+"""Every Prometheus object of the service, created once per app on its own registry.
+
+A registry per app (not the global default) lets several apps live in one process, as in tests.
+Labels are bounded: endpoint names, model names from the repository, status codes, reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+#: Seconds, from 0.5 ms: small CPU models answer in a few milliseconds.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class BatchMetrics:
+    """The per-model children that a batcher records into."""
+
+    queue_duration: Histogram
+    inference_duration: Histogram
+    batch_size: Histogram
+
+
+class Metrics:
+    """The service's metrics on a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "surety_requests", "HTTP requests answered.", ["endpoint", "model", "code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "surety_request_duration_seconds",
+            "Time from request start to the response's last byte.",
+            ["endpoint", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "surety_queue_duration_seconds",
+            "Time a request waited in its model's batching queue.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "surety_inference_duration_seconds",
+            "Time of one ONNX Runtime run (one batch).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "surety_batch_size",
+            "Rows in each ONNX Runtime run.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "surety_inflight_requests", "Requests being served.", ["model"], registry=r
+        )
+        self.rejected = Counter(
+            "surety_rejected_requests", "Requests shed.", ["model", "reason"], registry=r
+        )
+        self.model_ready = Gauge(
+            "surety_model_ready", "1 when the model version is loaded.", ["model", "version"],
+            registry=r,
+        )  # fmt: skip
+        ProcessCollector(registry=r)
+
+    def for_batcher(self, model: str) -> BatchMetrics:
+        """The labelled children a model's batcher records into."""
+        return BatchMetrics(
+            self.queue_duration.labels(model=model),
+            self.inference_duration.labels(model=model),
+            self.batch_size.labels(model=model),
+        )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything on the registry."""
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Open Inference Protocol v2 wire formats: JSON tensors and the binary tensor extension."""

@@ -1,0 +1,102 @@
+"""Pydantic models of the OIP v2 REST bodies (validation of requests, docs of responses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.protocol.datatypes import Datatype
+
+ParameterValue = str | int | float | bool
+Parameters = dict[str, ParameterValue]
+
+
+class RequestInput(BaseModel):
+    """``$request_input``: ``data`` is flat or nested, row-major; absent for binary inputs."""
+
+    name: str = Field(min_length=1)
+    shape: list[int] = Field(min_length=0)
+    datatype: Datatype
+    parameters: Parameters = Field(default_factory=dict)
+    data: list[Any] | None = None
+
+
+class RequestOutput(BaseModel):
+    """``$request_output``: ``parameters.binary_data`` asks for the binary extension."""
+
+    name: str = Field(min_length=1)
+    parameters: Parameters = Field(default_factory=dict)
+
+
+class InferenceRequest(BaseModel):
+    """``$inference_request``."""
+
+    id: str | None = None
+    parameters: Parameters = Field(default_factory=dict)
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    """``$response_output``."""
+
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    """``$inference_response``."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
+
+
+class TensorMetadata(BaseModel):
+    """``$metadata_tensor``: -1 marks a variable dimension."""
+
+    name: str
+    datatype: Datatype
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    """``$metadata_model_response``."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    """``$metadata_server_response``; ``extensions`` lists what this server adds."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Liveness(BaseModel):
+    """``GET /v2/health/live``."""
+
+    live: bool
+
+
+class Readiness(BaseModel):
+    """``GET /v2/health/ready`` and the model ready endpoints (the status code says the same)."""
+
+    ready: bool
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: str

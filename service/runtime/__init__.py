@@ -1,0 +1,1 @@
+"""The protocol-neutral data plane: model repository, ORT sessions, batching, inference."""

@@ -1,0 +1,228 @@
+"""Dynamic batching: concurrent requests to one model version merged into one ORT run.
+
+Requests join a queue only after validation, so a batch holds valid requests only. A worker
+takes queued requests whenever an execution slot is free (one slot per inference thread), merges
+those with the same feed signature (names, dtypes, trailing dims) up to ``max_batch_size`` rows,
+runs them in the executor and splits the outputs back by row ranges, in order.
+
+``max_queue_delay`` is the longest a request waits for company; like Triton's it bounds the added
+latency, but the wait happens only while another batch of the model is running: a lone request on
+an idle model runs at once, so batching costs nothing at low load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import InferenceFailedError, QueueFullError
+from service.metrics import BatchMetrics
+from service.runtime.session import Feeds
+
+log = logging.getLogger(__name__)
+
+Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
+
+
+def signature(feeds: Feeds) -> Signature:
+    """What must agree for requests to share a batch: names, dtypes and non-batch dims."""
+    return tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in feeds.items()))
+
+
+@dataclass
+class _Pending:
+    feeds: Feeds
+    rows: int
+    signature: Signature
+    future: asyncio.Future[Feeds]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The batching settings of one model version."""
+
+    max_batch_size: int
+    max_queue_delay_s: float
+    max_queue_size: int
+    merge: bool = True
+
+
+class Batcher:
+    """Queue, merge and run requests of one model version; start() inside the event loop."""
+
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[Feeds], Feeds],
+        executor: Executor,
+        slots: int,
+        policy: BatchPolicy,
+        metrics: BatchMetrics,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self._executor = executor
+        self._policy = policy
+        self._metrics = metrics
+        self._queue: deque[_Pending] = deque()
+        self._slots = asyncio.Semaphore(slots)
+        self._running = 0
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the worker task on the running loop."""
+        self._worker = asyncio.create_task(self._work(), name=f"batcher:{self.name}")
+
+    async def stop(self) -> None:
+        """Stop taking batches; batches already running finish first."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for pending in self._queue:
+            pending.future.cancel()
+        self._queue.clear()
+
+    async def submit(self, feeds: Feeds, rows: int) -> Feeds:
+        """Queue validated feeds of ``rows`` rows and wait for their outputs."""
+        if len(self._queue) >= self._policy.max_queue_size:
+            raise QueueFullError(
+                f"model '{self.name}' has {len(self._queue)} requests queued; retry later"
+            )
+        future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(feeds, rows, signature(feeds), future))
+        self._wakeup.set()
+        return await future
+
+    async def _work(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._gather()
+            except BaseException:
+                self._slots.release()
+                raise
+            self._running += 1
+            task = asyncio.create_task(self._execute(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _gather(self) -> list[_Pending]:
+        """Wait for requests, then take a batch (never empty)."""
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # Handlers that are already runnable get one turn to join before the batch closes.
+            await asyncio.sleep(0)
+            if self._policy.merge and self._running and self._policy.max_queue_delay_s > 0:
+                await self._linger()
+            batch = self._take()
+            if batch:
+                return batch
+
+    async def _linger(self) -> None:
+        deadline = self._queue[0].enqueued + self._policy.max_queue_delay_s
+        while sum(p.rows for p in self._queue) < self._policy.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    def _take(self) -> list[_Pending]:
+        """The oldest request and the queued ones that fit with it, in arrival order."""
+        batch: list[_Pending] = []
+        kept: deque[_Pending] = deque()
+        rows = 0
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():  # the client went away
+                continue
+            fits = not batch or (
+                self._policy.merge
+                and pending.signature == batch[0].signature
+                and rows + pending.rows <= self._policy.max_batch_size
+            )
+            if fits:
+                batch.append(pending)
+                rows += pending.rows
+            else:
+                kept.append(pending)
+                if not self._policy.merge:
+                    break
+        kept.extend(self._queue)
+        self._queue = kept
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            started = time.perf_counter()
+            for pending in batch:
+                self._metrics.queue_duration.observe(started - pending.enqueued)
+            try:
+                outputs = await self._infer(_merge(batch))
+            except InferenceFailedError:
+                if len(batch) == 1:
+                    raise
+                # Something in the merged run failed: run each request alone so only the
+                # culprit fails and its neighbours still get answers.
+                for pending in batch:
+                    await self._execute_alone(pending)
+                return
+            offset = 0
+            for pending in batch:
+                part = {n: v[offset : offset + pending.rows] for n, v in outputs.items()}
+                offset += pending.rows
+                if not pending.future.done():
+                    pending.future.set_result(part)
+        except InferenceFailedError as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+        finally:
+            self._running -= 1
+            self._slots.release()
+
+    async def _execute_alone(self, pending: _Pending) -> None:
+        try:
+            result = await self._infer(pending.feeds)
+        except InferenceFailedError as exc:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+            return
+        if not pending.future.done():
+            pending.future.set_result(result)
+
+    async def _infer(self, feeds: Feeds) -> Feeds:
+        loop = asyncio.get_running_loop()
+        rows = next(iter(feeds.values())).shape[0]
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, feeds)
+        except Exception as exc:
+            log.exception("model '%s': ONNX Runtime failed on a batch of %d rows", self.name, rows)
+            raise InferenceFailedError(f"inference failed for model '{self.name}'") from exc
+        self._metrics.inference_duration.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(rows)
+        return outputs
+
+
+def _merge(batch: list[_Pending]) -> Feeds:
+    if len(batch) == 1:
+        return batch[0].feeds
+    return {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}

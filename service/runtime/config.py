@@ -1,0 +1,121 @@
+"""The schema of a model's ``config.yaml``, validated with pydantic."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from service.errors import ConfigError, describe_validation
+from service.protocol.datatypes import Datatype
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:/-]*$"
+CONFIG_FILE = "config.yaml"
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in config.yaml must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(Strict):
+    """A named tensor; the first dimension is the batch (-1), -1 elsewhere means any size."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    datatype: Datatype
+    shape: list[int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _batch_first(self) -> Self:
+        if self.shape[0] != -1:
+            raise ValueError(f"shape[0] of '{self.name}' must be -1 (the batch dimension)")
+        if any(dim == 0 or dim < -1 for dim in self.shape):
+            raise ValueError(f"dimensions of '{self.name}' must be positive or -1")
+        return self
+
+
+class InputSpec(TensorSpec):
+    """A request input and how it is decoded into the model's feeds."""
+
+    decoder: Literal["tensor"] = "tensor"
+    range: tuple[float, float] | None = Field(
+        default=None, description="inclusive bounds of valid values (numeric inputs)"
+    )
+
+
+class ClassifierSpec(Strict):
+    """Which model output holds the probabilities, and which input takes 1/temperature."""
+
+    probabilities: str = Field(pattern=NAME_PATTERN)
+    scale_input: str | None = Field(default=None, pattern=NAME_PATTERN)
+
+
+class BatchingSpec(Strict):
+    """Dynamic batching, as Triton's: merge queued requests into one run of at most N rows."""
+
+    max_batch_size: PositiveInt = 32
+    max_queue_delay_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    max_queue_size: PositiveInt = 256
+
+
+class UncertaintySpec(Strict):
+    """Model outputs holding per-layer features (taps) for the uncertainty methods."""
+
+    taps: list[str] = Field(default_factory=list)
+
+
+class ModelConfig(Strict):
+    """A model's ``config.yaml``."""
+
+    task: Literal["classifier", "judge"]
+    description: str = ""
+    platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
+    inputs: list[InputSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    labels: list[str] = Field(default_factory=list)
+    classifier: ClassifierSpec | None = None
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    uncertainty: UncertaintySpec = Field(default_factory=UncertaintySpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        outputs = {spec.name: spec for spec in self.outputs}
+        for name in self.uncertainty.taps:
+            if name not in outputs:
+                raise ValueError(f"uncertainty tap '{name}' is not among the outputs")
+        if self.task == "classifier":
+            self._check_classifier(outputs)
+        for spec in self.inputs:
+            if spec.range is not None and not all(math.isfinite(b) for b in spec.range):
+                raise ValueError(f"range of '{spec.name}' must be finite")
+        return self
+
+    def _check_classifier(self, outputs: dict[str, TensorSpec]) -> None:
+        if self.classifier is None:
+            raise ValueError("a classifier needs a 'classifier' section")
+        probabilities = outputs.get(self.classifier.probabilities)
+        if probabilities is None:
+            raise ValueError(f"classifier.probabilities '{self.classifier.probabilities}' "
+                             "is not among the outputs")  # fmt: skip
+        classes = probabilities.shape[-1]
+        if not self.labels:
+            raise ValueError("a classifier needs labels")
+        if classes != -1 and classes != len(self.labels):
+            raise ValueError(f"{len(self.labels)} labels for {classes} classes")
+
+
+def load_config(path: Path) -> ModelConfig:
+    """Read and validate ``config.yaml``; ConfigError names the file and the field."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    try:
+        return ModelConfig.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        detail = describe_validation(exc).removeprefix("invalid request: ")
+        raise ConfigError(f"{path}: {detail}") from exc

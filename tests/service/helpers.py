@@ -1,0 +1,66 @@
+"""Helpers shared by the service tests: a real uvicorn server in a thread, request builders."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import uvicorn
+
+from service.main import create_app
+from service.runtime.session import OnnxSession
+from service.settings import Settings
+
+
+@contextmanager
+def running_server(settings: Settings) -> Iterator[str]:
+    """Serve ``create_app(settings)`` with uvicorn in a thread on a free port; yield its URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def run_direct(
+    session: OnnxSession, images: np.ndarray, scale: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Outputs of a direct session run on ``images``."""
+    return session.run(
+        {"image": images, "scale": np.full((len(images), 1), scale, dtype=np.float32)}
+    )
+
+
+def image_request(images: np.ndarray, **extra: object) -> dict[str, object]:
+    """A JSON OIP request for the digits model."""
+    return {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": list(images.shape),
+                "datatype": "FP32",
+                "data": images.ravel().tolist(),
+            }
+        ],
+        **extra,
+    }
