@@ -28,9 +28,14 @@ INF = float("inf")
 NAN = float("nan")
 
 # Row lengths that reach every tail of the vector loops: 1 .. 2 * 16 + 1 (two AVX-512 vectors
-# and one element), and one element either side of each main-loop tile (the largest unroll of
-# the AVX2 and AVX-512 microkernels is 64 elements, the longest reload tile 64).
-TAIL_LENGTHS = [*range(1, 34), 47, 48, 49, 63, 64, 65, 127, 128, 129, 191, 192, 193, 255, 257]
+# and one element), one element either side of each main-loop tile (the largest unroll of the
+# AVX2 and AVX-512 microkernels is 64 elements), and either side of the 1024-element blocks
+# after which the vector kernels fold their float sums into double.
+TAIL_LENGTHS = [
+    *range(1, 34),
+    *(47, 48, 49, 63, 64, 65, 127, 128, 129, 191, 192, 193, 255, 257),
+    *(1023, 1024, 1025, 2047, 2049, 3100),
+]
 
 
 def random_rows(
