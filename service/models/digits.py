@@ -202,7 +202,7 @@ def repository_config(test_accuracy: float) -> dict[str, Any]:
         "classifier": {"probabilities": PROBABILITIES, "scale_input": SCALE_INPUT},
         "labels": LABELS,
         "batching": {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "max_queue_size": 512},
-        "uncertainty": {"taps": list(TAPS)},
+        "uncertainty": {"taps": list(TAPS), "logits": LOGITS},
     }
 
 

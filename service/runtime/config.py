@@ -63,9 +63,11 @@ class BatchingSpec(Strict):
 
 
 class UncertaintySpec(Strict):
-    """Model outputs holding per-layer features (taps) for the uncertainty methods."""
+    """Model outputs the uncertainty methods read: per-layer features (taps) and the logits."""
 
     taps: list[str] = Field(default_factory=list)
+    logits: str | None = Field(default=None, description="the output holding the logits z′")
+    sdm_tap: str | None = Field(default=None, description="SDM's exemplar space; the last tap")
 
 
 class ModelConfig(Strict):
@@ -84,9 +86,13 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         outputs = {spec.name: spec for spec in self.outputs}
-        for name in self.uncertainty.taps:
-            if name not in outputs:
-                raise ValueError(f"uncertainty tap '{name}' is not among the outputs")
+        uncertainty = self.uncertainty
+        named = [("tap", name) for name in uncertainty.taps] + [("logits", uncertainty.logits)]
+        for role, name in named:
+            if name is not None and name not in outputs:
+                raise ValueError(f"uncertainty {role} '{name}' is not among the outputs")
+        if uncertainty.sdm_tap is not None and uncertainty.sdm_tap not in uncertainty.taps:
+            raise ValueError(f"uncertainty.sdm_tap '{uncertainty.sdm_tap}' is not a tap")
         if self.task == "classifier":
             self._check_classifier(outputs)
         for spec in self.inputs:

@@ -86,3 +86,19 @@ def selective_metrics(
 def binomial_tolerance(alpha: float, n: int) -> float:
     """Half-width of the normal-approximation 95% interval of an accuracy α over n points."""
     return 1.96 * math.sqrt(alpha * (1.0 - alpha) / n) if n else math.inf
+
+
+def expected_calibration_error(
+    probabilities: NDArray[np.floating], labels: NDArray[np.integer], bins: int = 15
+) -> float:
+    """ECE of the top-class confidence over equal-width bins (Guo et al., 2017)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total)

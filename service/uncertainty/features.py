@@ -1,0 +1,120 @@
+"""Labelled JSONL datasets run through a model version offline, to fit and evaluate uncertainty.
+
+Each line is a JSON object holding the model's request inputs by name (e.g. ``{"image": [64
+grey levels]}`` or ``{"text": "..."}``) and, for labelled splits, ``"label"``: a label name from
+the model's config or a class index. Inputs go through the same decoders as requests, so text
+is tokenized exactly as the service does it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.errors import InvalidInputError
+from service.protocol.datatypes import NUMPY_DTYPES
+from service.runtime.config import ModelConfig
+from service.runtime.decoders import DECODERS
+from service.runtime.session import Feeds
+from service.runtime.types import Tensor
+from service.uncertainty.base import FeatureSet
+
+Runner = Callable[[Feeds], Feeds]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file; ValueError names the file and line of a bad one."""
+    records = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object")
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records
+
+
+def label_indices(
+    records: list[dict[str, Any]], config: ModelConfig, path: Path
+) -> NDArray[np.int64]:
+    """Class indices of the records' ``label`` fields (a label name or an index)."""
+    index = {label: i for i, label in enumerate(config.labels)}
+    out = np.empty(len(records), dtype=np.int64)
+    for i, record in enumerate(records):
+        label = record.get("label")
+        if isinstance(label, str) and label in index:
+            out[i] = index[label]
+        elif isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(index):
+            out[i] = label
+        else:
+            raise ValueError(
+                f"{path}: record {i + 1} has label {label!r}, not one of the model's labels"
+            )
+    return out
+
+
+def _batches(records: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(records), size):
+        yield records[start : start + size]
+
+
+def _feeds(batch: list[dict[str, Any]], config: ModelConfig, path: Path) -> Feeds:
+    feeds: Feeds = {}
+    for spec in config.inputs:
+        try:
+            values = [record[spec.name] for record in batch]
+        except KeyError:
+            raise ValueError(f"{path}: a record lacks input '{spec.name}'") from None
+        if spec.datatype == "BYTES":
+            data = np.array([str(v).encode() for v in values], dtype=object)
+        else:
+            data = np.asarray(values, dtype=NUMPY_DTYPES[spec.datatype])
+        try:
+            feeds.update(DECODERS[spec.decoder](spec, Tensor(spec.name, spec.datatype, data)))
+        except InvalidInputError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+    if config.classifier is not None and config.classifier.scale_input is not None:
+        feeds[config.classifier.scale_input] = np.ones((len(batch), 1), dtype=np.float32)
+    return feeds
+
+
+def run_dataset(
+    run: Runner, config: ModelConfig, path: Path, batch_size: int = 32
+) -> tuple[Feeds, list[dict[str, Any]]]:
+    """Every model output over the whole file (concatenated), and the records."""
+    records = read_jsonl(path)
+    chunks: dict[str, list[np.ndarray]] = {}
+    for batch in _batches(records, batch_size):
+        for name, value in run(_feeds(batch, config, path)).items():
+            chunks.setdefault(name, []).append(value)
+    return {name: np.concatenate(values) for name, values in chunks.items()}, records
+
+
+def feature_set(
+    run: Runner, config: ModelConfig, path: Path, labelled: bool = True, batch_size: int = 32
+) -> FeatureSet:
+    """Taps, logits and labels of a split (labels all -1 when ``labelled`` is False)."""
+    spec = config.uncertainty
+    if spec.logits is None or not spec.taps:
+        raise ValueError("config.yaml names no uncertainty taps and logits for this model")
+    outputs, records = run_dataset(run, config, path, batch_size)
+    labels = (
+        label_indices(records, config, path)
+        if labelled
+        else np.full(len(records), -1, dtype=np.int64)
+    )
+    return FeatureSet(
+        taps={tap: outputs[tap] for tap in spec.taps}, logits=outputs[spec.logits], labels=labels
+    )
