@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 from service.uncertainty.evaluation import (
     binomial_tolerance,
     detection_metrics,
+    expected_calibration_error,
     selective_metrics,
 )
 
@@ -54,3 +55,13 @@ def test_selective_metrics() -> None:
 def test_binomial_tolerance() -> None:
     assert binomial_tolerance(0.95, 100) == pytest.approx(1.96 * math.sqrt(0.0475 / 100))
     assert binomial_tolerance(0.95, 0) == math.inf
+
+
+def test_expected_calibration_error(rng: np.random.Generator) -> None:
+    # Confidence 0.8 everywhere: calibrated when 80% are right, off by 0.3 when half are.
+    probabilities = np.tile([0.8, 0.2], (10_000, 1))
+    right = rng.random(10_000) < 0.8
+    labels = np.where(right, 0, 1)
+    assert expected_calibration_error(probabilities, labels) == pytest.approx(0.0, abs=0.02)
+    half = np.where(np.arange(10_000) % 2 == 0, 0, 1)
+    assert expected_calibration_error(probabilities, half) == pytest.approx(0.3, abs=1e-9)
