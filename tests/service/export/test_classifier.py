@@ -1,0 +1,202 @@
+"""Classifier export on a small real subset of the fortunes corpus: one build per session, then
+the repository entry, the ONNX graph, parity with a fresh torch model, and the tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+import kernels
+from service.data.fortunes import Example, prepare_fortunes, read_jsonl, write_jsonl
+from service.export.classifier import (
+    ExportResult,
+    TrainingConfig,
+    export_classifier,
+    read_export_metadata,
+)
+from service.export.encoder import (
+    EncodedBatch,
+    build_pooled_classifier,
+    default_encoder_dir,
+    load_encoder,
+)
+
+TRAIN_PER_TOPIC = 10
+TEST_PER_TOPIC = 4
+# Short texts keep the embedding pass of this small build to a few seconds on two cores.
+MAX_CHARS = 160
+HIDDEN = 384
+LAYERS = 6
+
+
+def _subset(examples: list[Example], per_label: int) -> list[Example]:
+    chosen: dict[str, list[Example]] = {}
+    for example in examples:
+        if len(example.text) <= MAX_CHARS and len(chosen.setdefault(example.label, [])) < per_label:
+            chosen[example.label].append(example)
+    return [e for group in chosen.values() for e in group]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    dataset = prepare_fortunes(seed=0, log=lambda _: None)
+    work = tmp_path_factory.mktemp("export")
+    train, test = work / "train.jsonl", work / "test.jsonl"
+    write_jsonl(train, _subset(read_jsonl(dataset.train), TRAIN_PER_TOPIC))
+    write_jsonl(test, _subset(read_jsonl(dataset.test), TEST_PER_TOPIC))
+    return export_classifier(
+        None,
+        train,
+        test,
+        work / "repo",
+        "tiny-topics",
+        version=3,
+        labels=dataset.labels,
+        max_length=64,
+        training=TrainingConfig(epochs=200),
+        show_progress=False,
+        log=lambda _: None,
+    )
+
+
+@pytest.fixture(scope="session")
+def session(built: ExportResult) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(kernels.library_path())
+    return ort.InferenceSession(str(built.model_path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="session")
+def tokenizer(built: ExportResult) -> Tokenizer:
+    return Tokenizer.from_file(str(built.tokenizer_path))
+
+
+@pytest.fixture(scope="session")
+def reference(built: ExportResult) -> torch.nn.Module:
+    """A fresh torch instance of the exported model (the encoder reloaded, the head copied)."""
+    head = torch.nn.Linear(HIDDEN, len(built.labels))
+    head.load_state_dict({k: torch.from_numpy(v) for k, v in built.head.items()})
+    return build_pooled_classifier(load_encoder(default_encoder_dir()), head.eval())
+
+
+def test_repository_entry_is_complete(built: ExportResult) -> None:
+    root = built.model_root
+    assert root.name == "tiny-topics"
+    assert built.version_dir == root / "3"
+    assert sorted(p.name for p in built.version_dir.iterdir()) == ["model.onnx", "tokenizer.json"]
+    assert built.labels_path == root / "labels.txt"
+    assert built.labels_path.read_text().splitlines() == list(built.labels)
+    assert len(built.labels) == 11
+    assert built.taps == tuple(f"pooled_{i}" for i in range(LAYERS + 1))
+
+
+def test_export_json_describes_the_model(built: ExportResult) -> None:
+    metadata = read_export_metadata(built.model_root)
+    assert metadata == json.loads(json.dumps(built.metadata))
+    assert metadata["task"] == "classifier"
+    assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert [o["name"] for o in metadata["outputs"]] == ["logits", "probabilities", *built.taps]
+    assert [t["name"] for t in metadata["taps"]] == list(built.taps)
+    assert all(t["dim"] == HIDDEN for t in metadata["taps"])
+    assert metadata["labels"] == list(built.labels)
+    assert metadata["tokenizer"]["max_length"] == 64 == built.max_length
+    assert metadata["metrics"]["test_accuracy"] == built.test_accuracy
+    assert metadata["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_graph_has_the_custom_softmax_and_dynamic_axes(built: ExportResult) -> None:
+    model = onnx.load(str(built.model_path), load_external_data=False)
+    custom = [n for n in model.graph.node if n.domain == kernels.DOMAIN]
+    assert [(n.op_type, list(n.output)) for n in custom] == [("TwoPassSoftmax", ["probabilities"])]
+    assert not [
+        n for n in model.graph.node if n.op_type == "Softmax" and "probabilities" in n.output
+    ]
+    for graph_input in model.graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        assert all(d.dim_param and not d.dim_value for d in dims), graph_input
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["The computer is down."],
+        [
+            "Beam me up.",
+            "Linux is only free if your time has no value, said someone on a mailing list once.",
+            "Eat your vegetables",
+        ],
+    ],
+    ids=["batch1", "batch3"],
+)
+def test_onnx_matches_a_fresh_torch_model(
+    texts: list[str],
+    session: ort.InferenceSession,
+    tokenizer: Tokenizer,
+    reference: torch.nn.Module,
+    built: ExportResult,
+) -> None:
+    batch = EncodedBatch.encode(tokenizer, texts)
+    mask = batch.attention_mask.numpy()
+    if len(texts) > 1:
+        assert len(set(mask.sum(axis=1))) == len(texts), "rows should differ in length"
+    names = [o.name for o in session.get_outputs()]
+    assert names == ["logits", "probabilities", *built.taps]
+    outputs = dict(
+        zip(
+            names,
+            session.run(names, {"input_ids": batch.input_ids.numpy(), "attention_mask": mask}),
+            strict=True,
+        )
+    )
+    with torch.no_grad():
+        expected = dict(zip(names, reference(batch.input_ids, batch.attention_mask), strict=True))
+    n, c = len(texts), len(built.labels)
+    for name in names:
+        want = expected[name].numpy()
+        assert outputs[name].shape == (
+            (n, c) if name in ("logits", "probabilities") else (n, HIDDEN)
+        )
+        assert outputs[name].dtype == np.float32
+        np.testing.assert_allclose(outputs[name], want, atol=1e-4, rtol=0, err_msg=name)
+    np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_padding_does_not_change_a_row(session: ort.InferenceSession, tokenizer: Tokenizer) -> None:
+    alone = EncodedBatch.encode(tokenizer, ["Short one."])
+    padded = EncodedBatch.encode(tokenizer, ["Short one.", "A much longer text " * 5])
+
+    def run(batch: EncodedBatch) -> list[np.ndarray]:
+        feed = {
+            "input_ids": batch.input_ids.numpy(),
+            "attention_mask": batch.attention_mask.numpy(),
+        }
+        return list(session.run(None, feed))
+
+    for a, b in zip(run(alone), run(padded), strict=True):
+        np.testing.assert_allclose(a[0], b[0], atol=1e-4)
+
+
+def test_tokenizer_json_loads_and_truncates(built: ExportResult, tokenizer: Tokenizer) -> None:
+    encodings = tokenizer.encode_batch(["hello world", "word " * 500])
+    assert len(encodings[0].ids) == len(encodings[1].ids) == built.max_length
+    assert encodings[0].ids[0] == tokenizer.token_to_id("[CLS]")
+    assert sum(encodings[0].attention_mask) == 4
+    single = tokenizer.encode("hello world")
+    assert len(single.ids) == 4  # padding is to the batch's longest, never to a fixed length
+
+
+def test_tiny_run_beats_chance(built: ExportResult) -> None:
+    test = read_jsonl(Path(built.metadata["training"]["test_file"]))
+    majority = max(sum(e.label == label for e in test) for label in built.labels) / len(test)
+    assert built.num_test == len(test) == TEST_PER_TOPIC * len(built.labels)
+    assert built.test_accuracy > max(2 / len(built.labels), majority + 0.1)
+    assert built.train_accuracy >= built.test_accuracy
