@@ -16,9 +16,12 @@ enum class SoftmaxAlgorithm : int64_t {
 };
 
 // Row length from which kAuto takes the two-pass algorithm. Chosen from the crossover
-// measurement in docs/benchmarks.md (`bench/softmax.py --crossover`): below it the row is in
-// L1/L2, the reload path's single exp per element wins; above it memory traffic dominates.
-constexpr size_t kTwoPassMinRowLength = 16384;
+// measurement in docs/benchmarks.md (`bench/softmax.py --crossover`, 2-core AMD EPYC VM, AVX2):
+// reload was faster at every D up to 262,144 (two-pass / reload = 1.03..1.6 at one thread) and
+// two-pass faster at 1,048,576 (0.88). On that machine one core's exp throughput, not memory,
+// bounds rows that stay in L2/L3, so the second exp of the two-pass algorithm costs more than the
+// memory pass it saves until rows are far out of cache.
+constexpr size_t kTwoPassMinRowLength = 524288;
 
 // One row: y = softmax(scale * x) over the kept elements; *lse = log sum e^(scale * x).
 // `dot_values`, when not null, also gets *dot = sum_i dot_values[i] * y_i (ExpectedScore).
