@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import os
 import platform
 from collections.abc import Callable
@@ -47,7 +48,8 @@ def _model(node: onnx.NodeProto, *, custom: bool) -> bytes:
     opsets = [helper.make_opsetid("", 13)]
     if custom:
         opsets.append(helper.make_opsetid(kernels.DOMAIN, kernels.OPSET_VERSION))
-    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    serialized: bytes = helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    return serialized
 
 
 def ort_softmax_model() -> bytes:
@@ -122,8 +124,8 @@ def shape_table(threads_list: list[int]) -> list[str]:
             contenders: dict[str, Callable[[], object]] = {
                 "ours": ours,
                 "ort": theirs,
-                "numpy": lambda x=x, y=y: numpy_softmax(x, y),
-                "copy": lambda x=x, c=copy_out: np.copyto(c, x),
+                "numpy": functools.partial(numpy_softmax, x, y),
+                "copy": functools.partial(np.copyto, copy_out, x),
                 "identity": identity,
             }
             t = interleaved(contenders, warmup=5, runs=runs_for(elements))
