@@ -34,6 +34,14 @@ $(VENV)/.installed: pyproject.toml $(KERNEL_SOURCES)
 
 setup build: $(VENV)/.installed
 
+# The default model repository, built once: delete the folder (or use --force) to rebuild it.
+$(MODEL_REPOSITORY): | build
+	@echo "==> building the default model repository in $(MODEL_REPOSITORY)"
+	$(SURETY) build-defaults --model-repository $(MODEL_REPOSITORY)
+
+run: build | $(MODEL_REPOSITORY)
+	$(SURETY) serve --model-repository $(MODEL_REPOSITORY) --host 127.0.0.1 --port 8000
+
 lint: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

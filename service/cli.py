@@ -54,6 +54,7 @@ def serve(args: argparse.Namespace) -> int:
         if value is not None
     }
     settings = Settings(**overrides)
+    logging.getLogger().setLevel(settings.log_level.upper())
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -75,10 +76,23 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
 def build_defaults(args: argparse.Namespace) -> int:
     """Train and export every default model into the repository (skips existing entries)."""
     root: Path = args.model_repository
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        _build_entries(root, args.force, args.quiet)
+    except BaseException:
+        # A repository that did not exist before must not be left half-built (make would
+        # take the folder for a finished one).
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+    return 0
+
+
+def _build_entries(root: Path, force: bool, quiet: bool) -> None:
     for name, module_name in DEFAULT_MODELS.items():
         entry = root / name
-        if entry.exists() and not args.force:
+        if entry.exists() and not force:
             print(f"{name}: {entry} exists; --force rebuilds it")
             continue
         # Written beside the entry under a hidden name, then renamed: a build that fails or is
@@ -87,11 +101,10 @@ def build_defaults(args: argparse.Namespace) -> int:
         shutil.rmtree(staging, ignore_errors=True)
         print(f"{name}: building into {entry}")
         module = importlib.import_module(module_name)
-        module.build(staging, progress=not args.quiet)
+        module.build(staging, progress=not quiet)
         shutil.rmtree(entry, ignore_errors=True)
         staging.rename(entry)
         print(f"{name}: done")
-    return 0
 
 
 COMMANDS = (

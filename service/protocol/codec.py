@@ -94,6 +94,9 @@ def _from_json(item: RequestInput) -> np.ndarray:
     dtype = NUMPY_DTYPES[item.datatype]
     try:
         array = np.asarray(item.data)
+        if dtype == np.uint64 and array.dtype.kind == "f":
+            # numpy reads integers above the int64 range as float64; keep them exact.
+            array = _exact_uint64(item)
     except ValueError as exc:
         raise InvalidInputError(f"input '{item.name}': data is ragged or not a tensor") from exc
     if array.size and array.dtype.kind not in JSON_KINDS[dtype.kind]:
@@ -110,6 +113,13 @@ def _from_json(item: RequestInput) -> np.ndarray:
                 )
         array = array.astype(dtype, copy=False)
     return _reshape(item, array)
+
+
+def _exact_uint64(item: RequestInput) -> np.ndarray:
+    values = np.array(item.data, dtype=object)
+    if not all(type(v) is int and 0 <= v < 2**64 for v in values.ravel().tolist()):
+        raise InvalidInputError(f"input '{item.name}': UINT64 data must be integers in range")
+    return values.astype(np.uint64)
 
 
 def _from_binary(item: RequestInput, chunk: bytes) -> np.ndarray:

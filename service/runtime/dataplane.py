@@ -47,7 +47,7 @@ class DataPlane:
         metrics: Metrics,
     ) -> None:
         self.entries = entries
-        self._settings = settings
+        self.settings = settings
         self._metrics = metrics
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._labels: dict[str, np.ndarray] = {}
@@ -91,11 +91,12 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
     def check_ready(self) -> None:
-        """Raise ServerNotReadyError unless the repository loaded (every model, when strict)."""
-        broken = [e for e in self.entries.values() if not e.ready]
+        """Raise ServerNotReadyError unless every entry loaded (strict) or one model serves."""
         if not self.entries:
             raise ServerNotReadyError("not ready: the model repository holds no models")
-        if broken and (self._settings.strict_readiness or len(broken) == len(self.entries)):
+        broken = [e for e in self.entries.values() if not e.ready]
+        serving = any(e.versions for e in self.entries.values())
+        if broken and (self.settings.strict_readiness or not serving):
             reasons = "; ".join(f"model '{e.name}': {_reason(e)}" for e in broken)
             raise ServerNotReadyError(f"not ready: {reasons}")
 

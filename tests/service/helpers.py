@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import uvicorn
@@ -51,7 +52,7 @@ def run_direct(
     )
 
 
-def image_request(images: np.ndarray, **extra: object) -> dict[str, object]:
+def image_request(images: np.ndarray, **extra: object) -> dict[str, Any]:
     """A JSON OIP request for the digits model."""
     return {
         "inputs": [

@@ -4,6 +4,7 @@ bad requests fail alone without poisoning the batches they would have shared."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import numpy as np
@@ -15,7 +16,7 @@ ROUNDS = 4
 
 
 def test_concurrent_clients_each_get_their_own_answer(server, direct, images):
-    def client_loop(index: int) -> list[tuple[str, np.ndarray, float, dict]]:
+    def client_loop(index: int) -> list[tuple[str, np.ndarray, float, Any]]:
         seen = []
         with httpx.Client(base_url=server, timeout=60) as http:
             for round_ in range(ROUNDS):
@@ -80,7 +81,7 @@ def test_batches_are_merged_under_load(client, server, images):
 
 
 def test_bad_requests_do_not_poison_their_neighbours(server, direct, images):
-    def one(index: int) -> tuple[int, int, dict]:
+    def one(index: int) -> tuple[int, int, Any]:
         batch = images[index : index + 1]
         request = image_request(batch)
         if index % 3 == 0:  # out of range: rejected before it can join a batch

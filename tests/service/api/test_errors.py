@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import orjson
 import pytest
@@ -11,8 +14,8 @@ from tests.service.helpers import image_request
 ROW = [0.0] * 64
 
 
-def request_with(**changes: object) -> dict:
-    tensor = {"name": "image", "shape": [1, 64], "datatype": "FP32", "data": ROW}
+def request_with(**changes: object) -> dict[str, Any]:
+    tensor: dict[str, Any] = {"name": "image", "shape": [1, 64], "datatype": "FP32", "data": ROW}
     tensor.update(changes)
     return {"inputs": [tensor]}
 
@@ -60,8 +63,10 @@ def test_invalid_requests_get_400_naming_the_problem(client, body, fragment, end
         (b"{not json", "not valid JSON"),
         (b"[1, 2]", "must be a JSON object"),
         (b"", "not valid JSON"),
-        (b'{"inputs": [{"name": "image", "shape": [1, 64], "datatype": "FP32", '
-         b'"data": [NaN]}]}', "not valid JSON"),
+        (
+            b'{"inputs": [{"name": "image", "shape": [1, 64], "datatype": "FP32", "data": [NaN]}]}',
+            "not valid JSON",
+        ),
     ],
 )
 def test_malformed_bodies(client, content, fragment):
@@ -81,7 +86,7 @@ def test_bad_temperature(client, images, temperature, fragment):
     assert fragment in response.json()["error"]
 
 
-def binary_post(client, header: dict, blob: bytes, length: str | None = None):
+def binary_post(client, header: dict[str, Any], blob: bytes, length: str | None = None):
     raw = orjson.dumps(header)
     return client.post(
         "/v2/models/digits/infer",
@@ -90,7 +95,7 @@ def binary_post(client, header: dict, blob: bytes, length: str | None = None):
     )
 
 
-def binary_header(size: int, shape: list[int] | None = None) -> dict:
+def binary_header(size: int, shape: list[int] | None = None) -> dict[str, Any]:
     return {
         "inputs": [
             {
@@ -154,7 +159,7 @@ def test_body_over_the_limit_gets_413(client):
 
 
 def test_chunked_body_over_the_limit_gets_413(client):
-    def chunks():
+    def chunks() -> Iterator[bytes]:
         for _ in range(9):
             yield b" " * (1024 * 1024)
 

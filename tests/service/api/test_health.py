@@ -18,9 +18,10 @@ def test_live_and_ready(client, triton):
 
 
 def test_request_id_is_echoed_or_assigned(client):
-    assert client.get("/v2/health/live", headers={"X-Request-ID": "req-7"}).headers[
-        "x-request-id"
-    ] == "req-7"
+    assert (
+        client.get("/v2/health/live", headers={"X-Request-ID": "req-7"}).headers["x-request-id"]
+        == "req-7"
+    )
     assert len(client.get("/v2/health/live").headers["x-request-id"]) == 32
 
 

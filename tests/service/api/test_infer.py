@@ -3,6 +3,8 @@ unchanged OIP client (tritonclient), all against a direct ORT run of the same mo
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import orjson
 import pytest
@@ -11,7 +13,7 @@ import tritonclient.http as triton_http
 from tests.service.helpers import image_request, run_direct
 
 
-def decode_binary(response) -> tuple[dict, bytes]:
+def decode_binary(response) -> tuple[Any, bytes]:
     length = int(response.headers["inference-header-content-length"])
     return orjson.loads(response.content[:length]), response.content[length:]
 
@@ -49,9 +51,7 @@ def test_integer_json_values_feed_fp32(client, images):
 
 
 def test_requested_outputs_subset_in_request_order(client, images):
-    request = image_request(
-        images[:2], outputs=[{"name": "block2_features"}, {"name": "logits"}]
-    )
+    request = image_request(images[:2], outputs=[{"name": "block2_features"}, {"name": "logits"}])
     body = client.post("/v2/models/digits/infer", json=request).json()
     assert [o["name"] for o in body["outputs"]] == ["block2_features", "logits"]
     assert body["outputs"][0]["shape"] == [2, 64]

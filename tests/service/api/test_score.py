@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from tests.service.helpers import image_request, run_direct
 
 
-def outputs(body: dict) -> dict[str, dict]:
+def outputs(body: dict[str, Any]) -> dict[str, Any]:
     return {o["name"]: o for o in body["outputs"]}
 
 

@@ -1,0 +1,140 @@
+"""The batcher on a real ORT session, in-process: merging, splitting, queue bounds, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from service.errors import InferenceFailedError, QueueFullError
+from service.metrics import Metrics
+from service.runtime.batcher import Batcher, BatchPolicy
+from service.runtime.session import Feeds
+
+
+def feeds(images: np.ndarray) -> Feeds:
+    return {"image": images, "scale": np.ones((len(images), 1), dtype=np.float32)}
+
+
+def make(run, policy: BatchPolicy, slots: int = 2) -> tuple[Batcher, ThreadPoolExecutor]:
+    executor = ThreadPoolExecutor(slots)
+    return Batcher(
+        "digits", run, executor, slots, policy, Metrics().for_batcher("digits")
+    ), executor
+
+
+POLICY = BatchPolicy(max_batch_size=16, max_queue_delay_s=0.002, max_queue_size=64)
+
+
+def test_merged_results_equal_single_runs(direct, images):
+    seen_rows: list[int] = []
+
+    def run(batch: Feeds) -> Feeds:
+        seen_rows.append(len(batch["image"]))
+        return direct.run(batch)
+
+    async def main() -> list[Feeds]:
+        batcher, executor = make(run, POLICY)
+        batcher.start()
+        parts = [images[i : i + 1 + i % 3] for i in range(40)]
+        try:
+            return await asyncio.gather(*(batcher.submit(feeds(p), len(p)) for p in parts))
+        finally:
+            await batcher.stop()
+            executor.shutdown()
+
+    results = asyncio.run(main())
+    for i, result in enumerate(results):
+        part = images[i : i + 1 + i % 3]
+        np.testing.assert_allclose(result["logits"], direct.run(feeds(part))["logits"], atol=1e-5)
+    assert max(seen_rows) > 3  # requests were merged
+    assert max(seen_rows) <= POLICY.max_batch_size
+    assert sum(seen_rows) == sum(1 + i % 3 for i in range(40))
+
+
+def test_without_merging_every_request_runs_alone(direct, images):
+    seen_rows: list[int] = []
+
+    def run(batch: Feeds) -> Feeds:
+        seen_rows.append(len(batch["image"]))
+        return direct.run(batch)
+
+    async def main() -> None:
+        policy = BatchPolicy(16, 0.002, 64, merge=False)
+        batcher, executor = make(run, policy)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(feeds(images[:2]), 2) for _ in range(10)))
+        await batcher.stop()
+        executor.shutdown()
+
+    asyncio.run(main())
+    assert seen_rows == [2] * 10
+
+
+def test_full_queue_is_refused(direct, images):
+    async def main() -> list[Any]:
+        batcher, executor = make(direct.run, BatchPolicy(16, 0.002, max_queue_size=4))
+        batcher.start()
+        # Submitted in one go, before the worker runs: four fit in the queue, two do not.
+        results = await asyncio.gather(
+            *(batcher.submit(feeds(images[:1]), 1) for _ in range(6)), return_exceptions=True
+        )
+        await batcher.stop()
+        executor.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert sum(isinstance(r, QueueFullError) for r in results) == 2
+    assert sum(isinstance(r, dict) for r in results) == 4
+
+
+def test_a_failing_request_does_not_fail_its_batch(direct, images):
+    def run(batch: Feeds) -> Feeds:
+        # Rows of 15s stand in for input ORT cannot run; the real session does the rest.
+        if (batch["image"] == 15).all(axis=1).any():
+            raise RuntimeError("ORT failure")
+        return direct.run(batch)
+
+    async def main() -> list[Any]:
+        batcher, executor = make(run, POLICY)
+        batcher.start()
+        parts = [
+            np.full((1, 64), 15, np.float32) if i == 3 else images[i : i + 1] for i in range(8)
+        ]
+        results = await asyncio.gather(
+            *(batcher.submit(feeds(p), 1) for p in parts), return_exceptions=True
+        )
+        await batcher.stop()
+        executor.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[3], InferenceFailedError)
+    for i, result in enumerate(results):
+        if i != 3:
+            assert isinstance(result, dict)
+            expected = direct.run(feeds(images[i : i + 1]))["logits"]
+            np.testing.assert_allclose(result["logits"], expected, atol=1e-5)
+
+
+def test_different_signatures_never_share_a_batch(direct, images):
+    seen: list[tuple[int, ...]] = []
+
+    def run(batch: Feeds) -> Feeds:
+        seen.append(batch["image"].shape)
+        return {"echo": batch["image"]}
+
+    async def main() -> None:
+        batcher, executor = make(run, POLICY)
+        batcher.start()
+        wide = {"image": np.zeros((1, 8), np.float32)}
+        narrow = {"image": np.zeros((1, 4), np.float32)}
+        await asyncio.gather(*(batcher.submit(wide if i % 2 else narrow, 1) for i in range(10)))
+        await batcher.stop()
+        executor.shutdown()
+
+    asyncio.run(main())
+    assert {shape[1] for shape in seen} == {4, 8}
+    assert sum(shape[0] for shape in seen) == 10
