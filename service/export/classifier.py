@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 import time
 import warnings
@@ -230,24 +231,31 @@ def _export_onnx(
 
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence")
-    with warnings.catch_warnings():
-        # The exporter's deprecation and tracing chatter says nothing about this model.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example.input_ids, example.attention_mask),
-            str(path),
-            dynamo=True,
-            input_names=["input_ids", "attention_mask"],
-            output_names=list(output_names),
-            dynamic_shapes={
-                "input_ids": {0: batch, 1: sequence},
-                "attention_mask": {0: batch, 1: sequence},
-            },
-            opset_version=ONNX_OPSET,
-            external_data=False,
-            verbose=False,
-        )
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    try:
+        with warnings.catch_warnings():
+            # The exporter's deprecation and tracing chatter (and its note that torchvision's ops
+            # are not registered) says nothing about this model.
+            warnings.simplefilter("ignore")
+            exporter_log.setLevel(logging.ERROR)
+            torch.onnx.export(
+                model,
+                (example.input_ids, example.attention_mask),
+                str(path),
+                dynamo=True,
+                input_names=["input_ids", "attention_mask"],
+                output_names=list(output_names),
+                dynamic_shapes={
+                    "input_ids": {0: batch, 1: sequence},
+                    "attention_mask": {0: batch, 1: sequence},
+                },
+                opset_version=ONNX_OPSET,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
 
 
 def _finish_graph(path: Path, output_names: Sequence[str], metadata: dict[str, str]) -> None:

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 import kernels
 from service.data.fortunes import Example, prepare_fortunes, read_jsonl, write_jsonl
 from service.export.classifier import (
+    ExportError,
     ExportResult,
     TrainingConfig,
     export_classifier,
@@ -200,3 +201,14 @@ def test_tiny_run_beats_chance(built: ExportResult) -> None:
     assert built.num_test == len(test) == TEST_PER_TOPIC * len(built.labels)
     assert built.test_accuracy > max(2 / len(built.labels), majority + 0.1)
     assert built.train_accuracy >= built.test_accuracy
+
+
+def test_labels_outside_the_label_set_are_rejected_before_any_work(tmp_path: Path) -> None:
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    write_jsonl(train, [Example("a", "x"), Example("b", "y")])
+    write_jsonl(test, [Example("c", "z")])
+    with pytest.raises(ExportError, match=r"\['z'\]"):
+        export_classifier(None, train, test, tmp_path / "repo", "bad", log=lambda _: None)
+    with pytest.raises(ExportError, match="two distinct labels"):
+        export_classifier(None, train, train, tmp_path / "repo", "bad", labels=["x"])
+    assert not (tmp_path / "repo").exists()
