@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +40,8 @@ import subprocess
 import sys
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,14 +312,14 @@ def default_cache_dir() -> Path:
     return (_repo_root() or Path.cwd()) / "data" / "fortunes"
 
 
-def _run(command: Sequence[str], cwd: Path | None = None) -> None:
+def _run(step: str, command: Sequence[str], cwd: Path | None = None) -> None:
     try:
         result = subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, check=False)
     except OSError as exc:
-        raise FortunesError(f"could not run {command[0]}: {exc}") from exc
+        raise FortunesError(f"{step}: could not run {command[0]}: {exc}") from exc
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip()[-2000:]
-        raise FortunesError(f"`{' '.join(command)}` failed ({result.returncode}):\n{tail}")
+        raise FortunesError(f"{step} failed (exit status {result.returncode}):\n{tail}")
 
 
 def download_corpus(
@@ -367,9 +369,15 @@ def download_corpus(
             "-oDebug::NoLocking=1",
         ]
         log("apt-get update (private package lists)")
-        _run(["apt-get", "-q", *apt_options, "update"])
+        # Without --error-on=any a failed fetch still exits 0, and the download step would
+        # then report a misleading "Unable to locate package".
+        _run("apt-get update", ["apt-get", "-q", "--error-on=any", *apt_options, "update"])
         log("apt-get download")
-        _run(["apt-get", "-q", *apt_options, "download", *PACKAGES], cwd=work / "debs")
+        _run(
+            "apt-get download",
+            ["apt-get", "-q", *apt_options, "download", *PACKAGES],
+            cwd=work / "debs",
+        )
         debs = sorted((work / "debs").glob("*.deb"))
         if len(debs) != len(PACKAGES):
             raise FortunesError(
@@ -379,7 +387,7 @@ def download_corpus(
         shutil.rmtree(staging, ignore_errors=True)
         for deb in debs:
             log(f"unpacking {deb.name}")
-            _run(["dpkg", "-x", str(deb), str(staging)])
+            _run(f"dpkg -x {deb.name}", ["dpkg", "-x", str(deb), str(staging)])
         if not (staging / TOPIC_SUBDIR).is_dir():
             raise FortunesError(f"the packages did not contain {TOPIC_SUBDIR}")
         shutil.rmtree(root, ignore_errors=True)
@@ -433,6 +441,30 @@ def prepare_fortunes(
     parameters reads the manifest and returns without downloading or splitting.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    with _locked(cache_dir):
+        return _prepare(cache_dir, seed, fractions, topics, ood_topics, log)
+
+
+@contextmanager
+def _locked(cache_dir: Path) -> Iterator[None]:
+    # A test run and a model build may prepare the same cache at once; one waits for the other.
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prepare(
+    cache_dir: Path,
+    seed: int,
+    fractions: tuple[float, float, float],
+    topics: Sequence[str],
+    ood_topics: Sequence[str],
+    log: Log,
+) -> FortunesDataset:
     topic_dir = download_corpus(cache_dir, log=log)
     corpus = json.loads((cache_dir / "corpus.json").read_text(encoding="utf-8"))
     parameters = _split_parameters(seed, fractions, topics, ood_topics, corpus)

@@ -4,6 +4,7 @@ the real corpus."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,23 @@ def test_missing_tools_give_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr("shutil.which", lambda _: None)
     with pytest.raises(FortunesError, match="'apt-get' not found"):
         fortunes.download_corpus(tmp_path / "cache", log=lambda _: None)
+
+
+def test_a_failed_download_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in apt-get that fails like an unreachable mirror does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "apt-get"
+    fake.write_text("#!/bin/sh\necho 'E: Failed to fetch http://mirror/InRelease' >&2\nexit 100\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    if not fortunes.DEBIAN_KEYRING.is_file():
+        pytest.skip("no Debian archive keyring on this machine")
+    with pytest.raises(FortunesError, match=r"apt-get update failed \(exit status 100\)"):
+        fortunes.download_corpus(tmp_path / "cache", log=lambda _: None)
+    assert not (tmp_path / "cache" / "corpus.json").exists()
 
 
 def test_prepare_splits_a_local_corpus_once(tmp_path: Path) -> None:
