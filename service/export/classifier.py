@@ -159,8 +159,9 @@ def _embed(
 
     from service.export.encoder import mean_pool
 
-    # Batching texts of similar length wastes little compute on padding.
-    lengths = [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
+    # Batching texts of similar length wastes little compute on padding. (encode_batch pads to
+    # the longest text, so the real lengths are the attention masks' sums.)
+    lengths = [sum(e.attention_mask) for e in tokenizer.encode_batch(list(texts))]
     order = np.argsort(lengths, kind="stable")
     chunks: list[torch.Tensor] = []
     with torch.no_grad():
