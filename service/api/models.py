@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.api.responses import ERROR_RESPONSES, OrjsonResponse
 from service.deps import DataPlaneDep
-from service.protocol.schemas import ModelMetadata, Readiness
+from service.protocol.schemas import ModelMetadata, ModelReadiness
 
 router = APIRouter(prefix="/v2/models/{model}", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -20,8 +20,8 @@ async def model_metadata(
     return OrjsonResponse(plane.model_metadata(model, version))
 
 
-@router.get("/ready", name="model_ready", response_model=Readiness)
-@router.get("/versions/{version}/ready", name="model_ready", response_model=Readiness)
+@router.get("/ready", name="model_ready", response_model=ModelReadiness)
+@router.get("/versions/{version}/ready", name="model_ready", response_model=ModelReadiness)
 async def model_ready(
     model: str, plane: DataPlaneDep, version: int | None = None
 ) -> OrjsonResponse:

@@ -7,8 +7,10 @@ are the taps that Mahalanobis uncertainty will use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +162,32 @@ def accuracy(model: DigitsCNN, x: np.ndarray, y: np.ndarray) -> float:
 def export_onnx(model: DigitsCNN, path: Path) -> None:
     """Export with the dynamo exporter: a dynamic batch dimension shared by image and scale."""
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(
+    with _quiet_exporter():
+        program = _export(model, batch)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    program.save(str(path), external_data=False)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's internal notices (optimizer passes, deprecations) from the build log."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def _export(model: DigitsCNN, batch: Any) -> Any:
+    return torch.onnx.export(
         model,
         (torch.zeros(2, 64), torch.ones(2, 1)),
         dynamo=True,
@@ -170,9 +197,6 @@ def export_onnx(model: DigitsCNN, path: Path) -> None:
         optimize=True,
         verbose=False,
     )
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.save(str(path), external_data=False)
 
 
 def repository_config(test_accuracy: float) -> dict[str, Any]:

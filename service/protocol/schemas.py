@@ -91,9 +91,15 @@ class Liveness(BaseModel):
 
 
 class Readiness(BaseModel):
-    """``GET /v2/health/ready`` and the model ready endpoints (the status code says the same)."""
+    """``GET /v2/health/ready`` (the status code says the same)."""
 
     ready: bool
+
+
+class ModelReadiness(Readiness):
+    """``GET /v2/models/{model}[/versions/{v}]/ready``."""
+
+    name: str
 
 
 class ErrorBody(BaseModel):

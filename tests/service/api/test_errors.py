@@ -40,21 +40,32 @@ BAD_REQUESTS = [
     ({"inputs": "image"}, "inputs: Input should be a valid list"),
     ({}, "inputs: Field required"),
     ({"inputs": [request_with()["inputs"][0]] * 2}, "given more than once"),
-    ({**request_with(), "outputs": [{"name": "softmax"}]}, "has no output 'softmax'"),
-    ({**request_with(), "outputs": [{"name": "logits"}] * 2}, "requested more than once"),
     ({**request_with(), "parameters": {"x": [1]}}, "parameters.x"),
+]
+
+
+BAD_OUTPUTS = [
+    ("infer", [{"name": "softmax"}], "has no output 'softmax'; outputs: probabilities, logits"),
+    ("infer", [{"name": "logits"}] * 2, "requested more than once"),
+    ("score", [{"name": "logits"}], "has no output 'logits'; outputs: probabilities, predicted"),
 ]
 
 
 @pytest.mark.parametrize(("body", "fragment"), BAD_REQUESTS)
 @pytest.mark.parametrize("endpoint", ["infer", "score"])
 def test_invalid_requests_get_400_naming_the_problem(client, body, fragment, endpoint):
-    if endpoint == "score" and "outputs" in body:
-        pytest.skip("score has its own output names")
     response = client.post(f"/v2/models/digits/{endpoint}", json=body)
     assert response.status_code == 400, response.text
     assert fragment in response.json()["error"]
     assert set(response.json()) == {"error"}
+
+
+@pytest.mark.parametrize(("endpoint", "outputs", "fragment"), BAD_OUTPUTS)
+def test_unknown_or_repeated_outputs(client, endpoint, outputs, fragment):
+    body = {**request_with(), "outputs": outputs}
+    response = client.post(f"/v2/models/digits/{endpoint}", json=body)
+    assert response.status_code == 400
+    assert fragment in response.json()["error"]
 
 
 @pytest.mark.parametrize(
