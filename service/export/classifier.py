@@ -194,6 +194,26 @@ def _train_head(
     show_progress: bool,
 ) -> torch.nn.Linear:
     import torch
+
+    # The matrices are tiny: a second thread only adds synchronisation, which costs seconds
+    # when the cores are shared with other work.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_head(features, targets, num_classes, config, show_progress=show_progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_head(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    num_classes: int,
+    config: TrainingConfig,
+    *,
+    show_progress: bool,
+) -> torch.nn.Linear:
+    import torch
     from tqdm import tqdm
 
     torch.manual_seed(config.seed)
