@@ -6,7 +6,8 @@ Measured side by side in one run (the machine is shared: read medians and ratios
    the server) against p50/p99 of a batch-1 JSON ``infer`` over HTTP (one keep-alive client):
    the difference of the p50s is the serving overhead.
 2. Requests/s and p50/p99 latency at 32 concurrent clients, batching on vs off
-   (``SURETY_BATCHING``), each in its own ``surety serve`` process, rounds interleaved.
+   (``SURETY_BATCHING``), each in its own ``surety serve`` process, rounds interleaved; with the
+   server's CPU time per request and rows per ORT run read from its /metrics.
 
 The load generator is a minimal asyncio HTTP/1.1 client with pre-built requests, so that as
 little of the two shared cores as possible goes to the client.
@@ -45,10 +46,23 @@ PATH = f"/v2/models/{MODEL}/infer"
 
 @dataclass
 class Figures:
-    """Latencies (seconds) and throughput of one measurement."""
+    """Latencies (seconds) and throughput of one measurement, plus the server's own view."""
 
     latencies: list[float]
     seconds: float
+    server_cpu_s: float = 0.0
+    batch_rows: float = 0.0
+    batch_runs: float = 0.0
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """Server process CPU time (all threads) per completed request, in ms."""
+        return self.server_cpu_s / len(self.latencies) * 1e3
+
+    @property
+    def mean_batch(self) -> float:
+        """Average rows per ORT run."""
+        return self.batch_rows / self.batch_runs if self.batch_runs else 0.0
 
     @property
     def rps(self) -> float:
@@ -109,6 +123,33 @@ def load(port: int, payloads: list[bytes], clients: int, seconds: float) -> Figu
         return Figures(out, time.perf_counter() - started)
 
     return asyncio.run(main())
+
+
+def server_counters(port: int) -> tuple[float, float, float]:
+    """Process CPU seconds, batched rows and ORT runs, from the server's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+        text = response.read().decode()
+    values = dict.fromkeys(("process_cpu_seconds_total", "surety_batch_size_sum",
+                            "surety_batch_size_count"), 0.0)  # fmt: skip
+    for line in text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if name in values:
+            values[name] = float(line.rsplit(" ", 1)[1])
+    return (values["process_cpu_seconds_total"], values["surety_batch_size_sum"],
+            values["surety_batch_size_count"])  # fmt: skip
+
+
+def measured(port: int, payloads: list[bytes], clients: int, seconds: float) -> Figures:
+    """``load`` with the server's CPU time and batch sizes over the same interval."""
+    cpu0, rows0, runs0 = server_counters(port)
+    figures = load(port, payloads, clients, seconds)
+    cpu1, rows1, runs1 = server_counters(port)
+    figures.server_cpu_s, figures.batch_rows, figures.batch_runs = (
+        cpu1 - cpu0,
+        rows1 - rows0,
+        runs1 - runs0,
+    )
+    return figures
 
 
 def free_port() -> int:
@@ -203,10 +244,11 @@ def main() -> None:
         for batching in (False, True):
             with server(repository, batching) as port:
                 payloads = requests(images, f"127.0.0.1:{port}")
-                results[batching].append(load(port, payloads, args.clients, args.seconds))
+                results[batching].append(measured(port, payloads, args.clients, args.seconds))
 
     print(f"\n== {args.clients} concurrent clients, batch-1 infers, {args.rounds} rounds ==")
-    print(f"{'':16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   rounds req/s")
+    print(f"{'':16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}{'rows/run':>10}"
+          "   rounds req/s")  # fmt: skip
     summary = {}
     for batching in (False, True):
         rounds = results[batching]
@@ -216,7 +258,9 @@ def main() -> None:
         summary[batching] = (rps, p99)
         each = " ".join(f"{f.rps:.0f}" for f in rounds)
         label = "batching on" if batching else "batching off"
-        print(f"{label:16}{rps:10.0f}{p50:9.2f}{p99:9.2f}   {each}")
+        cpu = statistics.median(f.cpu_ms_per_request for f in rounds)
+        rows = statistics.median(f.mean_batch for f in rounds)
+        print(f"{label:16}{rps:10.0f}{p50:9.2f}{p99:9.2f}{cpu:12.3f}{rows:10.1f}   {each}")
     speedup = summary[True][0] / summary[False][0]
     print(f"throughput ratio on/off: {speedup:.2f}x (target >= 2x)")
     print(f"p99 on / p99 off: {summary[True][1] / summary[False][1]:.2f} (target <= 2)")
