@@ -444,9 +444,12 @@ def export_classifier(
         head = _train_head(train_x, train_y, len(label_list), training, show_progress=show_progress)
         train_accuracy = _accuracy(head, train_x, train_y)
         test_accuracy = _accuracy(head, test_x, test_y)
+        num_classes = len(label_list)
+        counts = np.bincount(test_y.numpy(), minlength=num_classes)
+        majority = float(counts.max() / max(len(test), 1))
     log(
         f"accuracy: train {train_accuracy:.4f}, test {test_accuracy:.4f} "
-        f"(majority class {float(np.bincount(test_y.numpy()).max() / max(len(test_y), 1)):.4f})"
+        f"(majority class {majority:.4f})"
     )
 
     taps = tuple(f"pooled_{i}" for i in range(num_layers + 1))
@@ -493,7 +496,6 @@ def export_classifier(
 
     labels_path.write_text("".join(f"{label}\n" for label in label_list), encoding="utf-8")
     seconds["total"] = round(time.perf_counter() - started, 3)
-    num_classes = len(label_list)
     metadata: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "name": name,
@@ -554,9 +556,7 @@ def export_classifier(
             "test_accuracy": test_accuracy,
             "num_train": len(train),
             "num_test": len(test),
-            "majority_class_rate": float(
-                np.bincount(test_y.numpy(), minlength=num_classes).max() / max(len(test), 1)
-            ),
+            "majority_class_rate": majority,
         },
         "parity": {"max_abs_diff": parity, "tolerance": parity_tolerance},
         "seconds": seconds,
