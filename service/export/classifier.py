@@ -6,13 +6,16 @@ The steps, each cheap on a CPU:
 2. fit a linear head (multinomial logistic regression, full-batch, seeded) on those cached
    embeddings — the encoder stays frozen;
 3. export encoder + pooling + head to ONNX with the dynamo exporter: inputs ``input_ids`` and
-   ``attention_mask`` (int64 [B, S], both axes dynamic); outputs ``logits`` and ``probabilities``
-   [B, C], the softmax being ``ai.surety::TwoPassSoftmax``, plus ``pooled_0`` … ``pooled_L``
+   ``attention_mask`` (int64 [B, S], both axes dynamic) and ``scale`` (float32 [B, 1]: the
+   softmax's per-row multiplier, 1/temperature, as in digits); outputs ``logits`` and
+   ``probabilities`` [B, C], the softmax being ``ai.surety::TwoPassSoftmax``, plus ``pooled_0``
+   … ``pooled_L``
    (FP32 [B, H]: the embeddings output and every transformer layer, mean-pooled) — the taps the
    Mahalanobis detector fits its class means and covariances on;
 4. check ONNX Runtime (with the ai.surety library) against torch on a fresh model instance;
-5. write ``<out>/<name>/<version>/{model.onnx, tokenizer.json}``, ``<out>/<name>/labels.txt``
-   and ``<out>/<name>/export.json`` (what the service needs for its config.yaml).
+5. write ``<out>/<name>/<version>/{model.onnx, tokenizer.json}``, ``<out>/<name>/labels.txt``,
+   ``<out>/<name>/export.json`` (the export's record) and ``<out>/<name>/config.yaml`` (written
+   from export.json by :func:`repository_config`: the entry is servable as it stands).
 
 The encoder's ``token_type_ids`` are left out of the graph: BERT encoders default them to zeros,
 which is what a single text gets from the tokenizer anyway.
@@ -57,6 +60,8 @@ __all__ = [
     "export_classifier",
     "main",
     "read_export_metadata",
+    "repository_config",
+    "write_repository_config",
 ]
 
 EXPORT_FORMAT = "surety-export/1"
@@ -67,6 +72,11 @@ METADATA_FILE = "export.json"
 SOFTMAX_OP = "TwoPassSoftmax"
 ONNX_OPSET = 18
 PARITY_TOLERANCE = 1e-4
+SCALE_INPUT = "scale"
+MODEL_INPUTS = ("input_ids", "attention_mask", SCALE_INPUT)
+CONFIG_FILE = "config.yaml"
+#: Dynamic batching of text models; rows are cheap to merge but padded to the longest.
+TEXT_BATCHING = {"max_batch_size": 32, "max_queue_delay_ms": 2.0, "max_queue_size": 256}
 
 Log = Callable[[str], None]
 
@@ -252,31 +262,36 @@ def _export_onnx(
 
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence")
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
+    scale = torch.ones(example.input_ids.shape[0], 1)
+    # The exporter's optimiser passes log every deduplicated initializer at INFO.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
     try:
         with warnings.catch_warnings():
             # The exporter's deprecation and tracing chatter (and its note that torchvision's ops
             # are not registered) says nothing about this model.
             warnings.simplefilter("ignore")
-            exporter_log.setLevel(logging.ERROR)
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
             torch.onnx.export(
                 model,
-                (example.input_ids, example.attention_mask),
+                (example.input_ids, example.attention_mask, scale),
                 str(path),
                 dynamo=True,
-                input_names=["input_ids", "attention_mask"],
+                input_names=list(MODEL_INPUTS),
                 output_names=list(output_names),
                 dynamic_shapes={
                     "input_ids": {0: batch, 1: sequence},
                     "attention_mask": {0: batch, 1: sequence},
+                    "scale": {0: batch},
                 },
                 opset_version=ONNX_OPSET,
                 external_data=False,
                 verbose=False,
             )
     finally:
-        exporter_log.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _finish_graph(path: Path, output_names: Sequence[str], metadata: dict[str, str]) -> None:
@@ -291,6 +306,11 @@ def _finish_graph(path: Path, output_names: Sequence[str], metadata: dict[str, s
         raise ExportError(f"expected one {kernels.DOMAIN}::{SOFTMAX_OP} node, got {custom}")
     if custom[0].output[0] != "probabilities":
         raise ExportError(f"{SOFTMAX_OP} feeds {custom[0].output[0]!r}, not 'probabilities'")
+    if list(custom[0].input)[1:] != [SCALE_INPUT]:
+        raise ExportError(f"{SOFTMAX_OP} takes {list(custom[0].input)}, not [logits, scale]")
+    inputs = [i.name for i in model.graph.input]
+    if inputs != list(MODEL_INPUTS):
+        raise ExportError(f"graph inputs {inputs} differ from {list(MODEL_INPUTS)}")
     names = [o.name for o in model.graph.output]
     if names != list(output_names):
         raise ExportError(f"graph outputs {names} differ from {list(output_names)}")
@@ -311,7 +331,7 @@ def _parity(
     batches: Sequence[Sequence[str]],
     output_names: Sequence[str],
 ) -> float:
-    """Max |ONNX − torch| over all outputs and batches.
+    """Max |ONNX − torch| over all outputs and batches, each at scale 1 and 0.5.
 
     The torch side is a fresh instance (encoder reloaded, head copied) run under no_grad: a
     module that has been through ``torch.onnx.export`` is not a trustworthy reference.
@@ -329,13 +349,18 @@ def _parity(
     options.register_custom_ops_library(kernels.library_path())
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     worst = 0.0
-    for texts in batches:
+    for texts, factor in ((t, f) for t in batches for f in (1.0, 0.5)):
         batch = EncodedBatch.encode(tokenizer, texts)
+        scale = torch.full((len(texts), 1), factor)
         with torch.no_grad():
-            expected = reference(batch.input_ids, batch.attention_mask)
+            expected = reference(batch.input_ids, batch.attention_mask, scale)
         actual = session.run(
             list(output_names),
-            {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy()},
+            {
+                "input_ids": batch.input_ids.numpy(),
+                "attention_mask": batch.attention_mask.numpy(),
+                SCALE_INPUT: scale.numpy(),
+            },
         )
         for name, got, want in zip(output_names, actual, expected, strict=True):
             if got.shape != tuple(want.shape):
@@ -510,6 +535,7 @@ def export_classifier(
         "model_inputs": [
             {"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]},
             {"name": "attention_mask", "datatype": "INT64", "shape": [-1, -1]},
+            {"name": SCALE_INPUT, "datatype": "FP32", "shape": [-1, 1]},
         ],
         "labels": list(label_list),
         "labels_file": LABELS_FILE,
@@ -533,6 +559,7 @@ def export_classifier(
             "op": f"{kernels.DOMAIN}::{SOFTMAX_OP}",
             "opset": kernels.OPSET_VERSION,
             "output": "probabilities",
+            "scale_input": SCALE_INPUT,
         },
         "onnx_opset": ONNX_OPSET,
         "encoder": {
@@ -564,6 +591,7 @@ def export_classifier(
     if extra_metadata:
         metadata.update(extra_metadata)
     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    write_repository_config(model_root, metadata)
     log(f"wrote {model_root} in {seconds['total']:.1f} s")
     return ExportResult(
         name=name,
@@ -586,6 +614,59 @@ def export_classifier(
         seconds=seconds,
         metadata=metadata,
     )
+
+
+def repository_config(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The entry's config.yaml, from its export.json (see docs/operations.md for every field).
+
+    Laid out like digits' config: the request takes ``text`` (BYTES [B]) through the ``text``
+    decoder, which tokenizes with the version's tokenizer.json into the graph's int64 feeds.
+    """
+    metrics = metadata.get("metrics", {})
+    encoder = metadata["encoder"]
+    taps = [tap["name"] for tap in metadata["taps"]]
+    return {
+        "task": "classifier",
+        "description": (
+            f"{encoder['model_type']} encoder ({encoder['num_layers']} layers) + linear head; "
+            f"held-out test accuracy {metrics.get('test_accuracy', float('nan')):.4f}"
+        ),
+        "inputs": [
+            {
+                "name": "text",
+                "datatype": "BYTES",
+                "shape": [-1],
+                "decoder": "text",
+                "text": {
+                    "tokenizer": metadata["tokenizer"]["file"],
+                    "max_length": metadata["tokenizer"]["max_length"],
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                },
+            }
+        ],
+        "outputs": metadata["outputs"],
+        "labels": metadata["labels"],
+        "classifier": {
+            "probabilities": metadata["softmax"]["output"],
+            "scale_input": metadata["softmax"]["scale_input"],
+        },
+        "batching": dict(TEXT_BATCHING),
+        "uncertainty": {"taps": taps, "logits": "logits", "sdm_tap": taps[-1]},
+    }
+
+
+def write_repository_config(model_root: Path, metadata: dict[str, Any]) -> Path:
+    """Validate (as the server will) and write ``<model_root>/config.yaml``."""
+    import yaml
+
+    from service.runtime.config import ModelConfig
+
+    config = repository_config(metadata)
+    ModelConfig.model_validate(config)  # a config the server would refuse is an export bug
+    path = Path(model_root) / CONFIG_FILE
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -157,8 +157,10 @@ def build_pooled_classifier(
     """Encoder + mean pooling + linear head, returning (logits, probabilities, pooled_0..L).
 
     ``pooled_0`` is the embeddings output, ``pooled_i`` the output of transformer layer i.
-    During ONNX export the softmax becomes the custom op ``custom_softmax`` ("domain::Op")
-    when given; in eager mode it is ``torch.softmax``, which the op must match.
+    ``scale`` (float32 [B, 1], optional in eager mode) multiplies the logits inside the softmax
+    only — 1/temperature for ``/score``; ``logits`` stay raw. During ONNX export the softmax
+    becomes the custom op ``custom_softmax`` ("domain::Op") with ``scale`` as its second input;
+    in eager mode it is ``torch.softmax(scale * logits)``, which the op must match.
     """
     import torch
 
@@ -169,7 +171,10 @@ def build_pooled_classifier(
             self.head = head
 
         def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            scale: torch.Tensor | None = None,
         ) -> tuple[torch.Tensor, ...]:
             output = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
@@ -177,16 +182,18 @@ def build_pooled_classifier(
             pooled = [mean_pool(h, attention_mask) for h in output.hidden_states]
             logits = self.head(pooled[-1])
             if custom_softmax is not None and torch.onnx.is_in_onnx_export():
+                inputs = (logits,) if scale is None else (logits, scale)
                 probabilities = torch.onnx.ops.symbolic(
                     custom_softmax,
-                    (logits,),
+                    inputs,
                     {},
                     dtype=logits.dtype,
                     shape=logits.shape,
                     version=1,
                 )
             else:
-                probabilities = torch.softmax(logits, dim=-1)
+                scaled = logits if scale is None else logits * scale
+                probabilities = torch.softmax(scaled, dim=-1)
             return (logits, probabilities, *pooled)
 
     return PooledClassifier().eval()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 from service.data.fortunes import prepare_fortunes
 from service.export.classifier import ExportResult, TrainingConfig, export_classifier
 
-__all__ = ["MODEL_NAME", "build_fortune_topics", "main"]
+__all__ = ["MODEL_NAME", "build", "build_fortune_topics", "main"]
 
 MODEL_NAME = "fortune-topics"
 
@@ -58,6 +60,27 @@ def build_fortune_topics(
             }
         },
     )
+
+
+def build(entry: Path, progress: bool = True) -> ExportResult:
+    """``surety build-defaults``' hook: build the model and move its entry to ``entry``.
+
+    The export writes ``<dir>/fortune-topics`` (the name is recorded in export.json), so it
+    runs in a hidden folder beside ``entry`` and the finished entry is renamed into place.
+    """
+    start = time.perf_counter()
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".fortune-topics.") as work:
+        result = build_fortune_topics(Path(work), show_progress=progress)
+        shutil.rmtree(entry, ignore_errors=True)
+        result.model_root.rename(entry)
+    print(
+        f"{MODEL_NAME}: held-out test accuracy {result.test_accuracy:.4f} "
+        f"({result.num_test} texts, {len(result.labels)} topics), "
+        f"built in {time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,13 @@ takes queued requests whenever an execution slot is free (one slot per inference
 those with the same feed signature (names, dtypes, trailing dims) up to ``max_batch_size`` rows,
 runs them in the executor and splits the outputs back by row ranges, in order.
 
+Sequence feeds (a text model's ``input_ids`` and ``attention_mask``, listed with their pad values
+in ``pad``) may differ in length (axis 1): the merge pads them to the batch's longest with the pad
+value (attention 0, so padding changes no row's answer). To keep short texts from being padded to
+a rare long one, a batch holds requests whose lengths stay within ``max_length_ratio`` of each
+other (longest / shortest): the oldest request anchors the batch, and the queued ones nearest to
+it in length join first. The oldest request always runs next, so none starves.
+
 ``max_queue_delay`` is the longest a request waits for company; like Triton's it bounds the added
 latency, but the wait happens only while another batch of the model is running: a lone request on
 an idle model runs at once, so batching costs nothing at low load.
@@ -15,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -32,9 +40,19 @@ log = logging.getLogger(__name__)
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 
 
-def signature(feeds: Feeds) -> Signature:
-    """What must agree for requests to share a batch: names, dtypes and non-batch dims."""
-    return tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in feeds.items()))
+def signature(feeds: Feeds, padded: Collection[str] = ()) -> Signature:
+    """What must agree for requests to share a batch: names, dtypes and non-batch dims (the
+    sequence axis of padded feeds excepted)."""
+    return tuple(
+        sorted(
+            (n, a.dtype.str, a.shape[2:] if n in padded else a.shape[1:]) for n, a in feeds.items()
+        )
+    )
+
+
+def sequence_length(feeds: Feeds, padded: Collection[str]) -> int:
+    """The longest axis 1 among the padded feeds (0 for a model without any)."""
+    return max((a.shape[1] for n, a in feeds.items() if n in padded), default=0)
 
 
 @dataclass
@@ -42,6 +60,7 @@ class _Pending:
     feeds: Feeds
     rows: int
     signature: Signature
+    length: int
     future: asyncio.Future[Feeds]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -54,6 +73,7 @@ class BatchPolicy:
     max_queue_delay_s: float
     max_queue_size: int
     merge: bool = True
+    max_length_ratio: float = 2.0
 
 
 class Batcher:
@@ -67,8 +87,10 @@ class Batcher:
         slots: int,
         policy: BatchPolicy,
         metrics: BatchMetrics,
+        pad: Mapping[str, int] | None = None,
     ) -> None:
         self.name = name
+        self._pad = dict(pad or {})
         self._run = run
         self._executor = executor
         self._policy = policy
@@ -103,7 +125,15 @@ class Batcher:
                 f"model '{self.name}' has {len(self._queue)} requests queued; retry later"
             )
         future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(feeds, rows, signature(feeds), future))
+        self._queue.append(
+            _Pending(
+                feeds,
+                rows,
+                signature(feeds, self._pad),
+                sequence_length(feeds, self._pad),
+                future,
+            )
+        )
         self._wakeup.set()
         return await future
 
@@ -145,28 +175,29 @@ class Batcher:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
 
     def _take(self) -> list[_Pending]:
-        """The oldest request and the queued ones that fit with it, in arrival order."""
-        batch: list[_Pending] = []
-        kept: deque[_Pending] = deque()
-        rows = 0
-        while self._queue:
-            pending = self._queue.popleft()
-            if pending.future.done():  # the client went away
-                continue
-            fits = not batch or (
-                self._policy.merge
-                and pending.signature == batch[0].signature
-                and rows + pending.rows <= self._policy.max_batch_size
-            )
-            if fits:
-                batch.append(pending)
-                rows += pending.rows
-            else:
-                kept.append(pending)
-                if not self._policy.merge:
-                    break
-        kept.extend(self._queue)
-        self._queue = kept
+        """The oldest request and the queued ones that fit with it: same signature, at most
+        max_batch_size rows, lengths within max_length_ratio; nearest in length first (arrival
+        order among equal lengths, which is every request of a model without sequences)."""
+        live = [p for p in self._queue if not p.future.done()]  # done: the client went away
+        if not live:
+            self._queue.clear()
+            return []
+        first, *others = live
+        batch = [first]
+        if self._policy.merge:
+            rows, shortest, longest = first.rows, first.length, first.length
+            anchor = math.log(max(first.length, 1))
+            for pending in sorted(others, key=lambda p: abs(math.log(max(p.length, 1)) - anchor)):
+                low, high = min(shortest, pending.length), max(longest, pending.length)
+                if (
+                    pending.signature == first.signature
+                    and rows + pending.rows <= self._policy.max_batch_size
+                    and high <= self._policy.max_length_ratio * low
+                ):
+                    batch.append(pending)
+                    rows, shortest, longest = rows + pending.rows, low, high
+        taken = {id(p) for p in batch}
+        self._queue = deque(p for p in live if id(p) not in taken)
         return batch
 
     async def _execute(self, batch: list[_Pending]) -> None:
@@ -175,7 +206,7 @@ class Batcher:
             for pending in batch:
                 self._metrics.queue_duration.observe(started - pending.enqueued)
             try:
-                outputs = await self._infer(_merge(batch))
+                outputs = await self._infer(_merge(batch, self._pad))
             except InferenceFailedError:
                 if len(batch) == 1:
                     raise
@@ -222,7 +253,22 @@ class Batcher:
         return outputs
 
 
-def _merge(batch: list[_Pending]) -> Feeds:
+def _merge(batch: list[_Pending], pad: Mapping[str, int]) -> Feeds:
+    """Concatenate along the batch axis; padded feeds are first padded on axis 1 to the longest."""
     if len(batch) == 1:
         return batch[0].feeds
-    return {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
+    merged: Feeds = {}
+    for name in batch[0].feeds:
+        parts = [p.feeds[name] for p in batch]
+        if name in pad:
+            width = max(part.shape[1] for part in parts)
+            parts = [_pad_axis1(part, width, pad[name]) for part in parts]
+        merged[name] = np.concatenate(parts)
+    return merged
+
+
+def _pad_axis1(array: np.ndarray, width: int, value: int) -> np.ndarray:
+    if array.shape[1] == width:
+        return array
+    widths = [(0, 0), (0, width - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, widths, constant_values=value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self
 
@@ -38,13 +39,62 @@ class TensorSpec(Strict):
         return self
 
 
+FILE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+
+
+class TextSpec(Strict):
+    """How the ``text`` decoder tokenizes a BYTES input into the encoder's int64 feeds."""
+
+    tokenizer: str = Field(
+        default="tokenizer.json", pattern=FILE_PATTERN, description="HF tokenizers file in <v>/"
+    )
+    max_length: PositiveInt | None = Field(
+        default=None, description="token limit (truncation); default: the tokenizer's own"
+    )
+    input_ids: str = Field(default="input_ids", pattern=NAME_PATTERN)
+    attention_mask: str = Field(default="attention_mask", pattern=NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    """A graph input that a request input is decoded into."""
+
+    name: str
+    datatype: Datatype
+    shape: tuple[int, ...]
+
+
 class InputSpec(TensorSpec):
     """A request input and how it is decoded into the model's feeds."""
 
-    decoder: Literal["tensor"] = "tensor"
+    decoder: Literal["tensor", "text"] = "tensor"
     range: tuple[float, float] | None = Field(
         default=None, description="inclusive bounds of valid values (numeric inputs)"
     )
+    text: TextSpec | None = Field(default=None, description="the text decoder's settings")
+
+    @model_validator(mode="after")
+    def _decoder_fields(self) -> Self:
+        if self.decoder == "text":
+            if self.datatype != "BYTES" or self.shape != [-1]:
+                raise ValueError(f"text input '{self.name}' must be BYTES with shape [-1]")
+            if self.range is not None:
+                raise ValueError(f"text input '{self.name}' takes no range")
+        elif self.text is not None:
+            raise ValueError(f"input '{self.name}': a 'text' section needs decoder: text")
+        return self
+
+    @property
+    def text_spec(self) -> TextSpec:
+        """The text decoder's settings (defaults when the section is left out)."""
+        return self.text if self.text is not None else TextSpec()
+
+    def feeds(self) -> list[FeedSpec]:
+        """The graph inputs this request input becomes (itself, for the tensor decoder)."""
+        if self.decoder == "text":
+            spec = self.text_spec
+            return [FeedSpec(n, "INT64", (-1, -1)) for n in (spec.input_ids, spec.attention_mask)]
+        return [FeedSpec(self.name, self.datatype, tuple(self.shape))]
 
 
 class ClassifierSpec(Strict):
@@ -60,6 +110,12 @@ class BatchingSpec(Strict):
     max_batch_size: PositiveInt = 32
     max_queue_delay_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
     max_queue_size: PositiveInt = 256
+    max_length_ratio: float = Field(
+        default=2.0,
+        ge=1.0,
+        description="text models: requests share a batch only while longest/shortest padded "
+        "length stays within this factor, so short texts are not padded to a rare long one",
+    )
 
 
 class UncertaintySpec(Strict):

@@ -24,10 +24,10 @@ from service.errors import (
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher, BatchPolicy
 from service.runtime.config import ModelConfig
-from service.runtime.decoders import DECODERS
+from service.runtime.decoders import pad_values
 from service.runtime.repository import ModelEntry, ModelVersion
 from service.runtime.session import Feeds
-from service.runtime.types import InferRequest, InferResponse, Tensor
+from service.runtime.types import InferRequest, InferResponse, Parameters, Tensor
 from service.settings import Settings
 
 SERVER_NAME = "surety"
@@ -61,6 +61,7 @@ class DataPlane:
                     slots=settings.workers(),
                     policy=_policy(version.config, settings.batching),
                     metrics=metrics.for_batcher(entry.name),
+                    pad=pad_values(version.decoders),
                 )
             if entry.config is not None:
                 self._labels[entry.name] = np.array(
@@ -148,9 +149,9 @@ class DataPlane:
         datatypes = {spec.name: spec.datatype for spec in target.config.outputs}
         selected = _select(model, list(datatypes), request)
         with self._inflight(model):
-            outputs = await self._run(target, request, scale=1.0)
+            outputs, notes = await self._run(target, request, scale=1.0)
         tensors = [Tensor(name, datatypes[name], outputs[name]) for name in selected]
-        return InferResponse(model, str(target.version), tensors, request.id)
+        return InferResponse(model, str(target.version), tensors, request.id, notes)
 
     async def score(self, model: str, version: int | None, request: InferRequest) -> InferResponse:
         """Class probabilities, the argmax and its label; ``temperature`` scales the logits."""
@@ -163,7 +164,7 @@ class DataPlane:
             raise InvalidInputError(f"model '{model}' does not take a temperature")
         selected = _select(model, SCORE_OUTPUTS, request)
         with self._inflight(model):
-            outputs = await self._run(target, request, scale=1.0 / temperature)
+            outputs, notes = await self._run(target, request, scale=1.0 / temperature)
         probabilities = outputs[classifier.probabilities]
         index = probabilities.argmax(axis=-1).astype(np.int64)
         computed = {
@@ -176,12 +177,16 @@ class DataPlane:
             str(target.version),
             [computed[name] for name in selected],
             request.id,
-            {"temperature": temperature},
+            {"temperature": temperature, **notes},
         )
 
-    async def _run(self, target: ModelVersion, request: InferRequest, scale: float) -> Feeds:
-        feeds, rows = _prepare(target, request, scale)
-        return await self._batchers[target.model, target.version].submit(feeds, rows)
+    async def _run(
+        self, target: ModelVersion, request: InferRequest, scale: float
+    ) -> tuple[Feeds, Parameters]:
+        """The model's outputs, and what decoding reports for the response (e.g. truncation)."""
+        feeds, rows, notes = _prepare(target, request, scale)
+        outputs = await self._batchers[target.model, target.version].submit(feeds, rows)
+        return outputs, notes
 
     @contextmanager
     def _inflight(self, model: str) -> Iterator[None]:
@@ -200,6 +205,7 @@ def _policy(config: ModelConfig, batching: bool) -> BatchPolicy:
         max_queue_delay_s=spec.max_queue_delay_ms / 1e3,
         max_queue_size=spec.max_queue_size,
         merge=batching,
+        max_length_ratio=spec.max_length_ratio,
     )
 
 
@@ -235,7 +241,9 @@ def _temperature(request: InferRequest) -> float:
     return float(value)
 
 
-def _prepare(target: ModelVersion, request: InferRequest, scale: float) -> tuple[Feeds, int]:
+def _prepare(
+    target: ModelVersion, request: InferRequest, scale: float
+) -> tuple[Feeds, int, Parameters]:
     """Decode and validate the inputs into the model's feeds; fill the scale input."""
     config = target.config
     specs = {spec.name: spec for spec in config.inputs}
@@ -246,10 +254,13 @@ def _prepare(target: ModelVersion, request: InferRequest, scale: float) -> tuple
                 f"model '{target.model}' has no input '{name}'; inputs: {', '.join(specs)}"
             )
     feeds: Feeds = {}
-    for name, spec in specs.items():
+    notes: Parameters = {}
+    for name in specs:
         if name not in given:
             raise InvalidInputError(f"model '{target.model}' needs input '{name}'")
-        feeds.update(DECODERS[spec.decoder](spec, given[name]))
+        decoded = target.decoders[name](given[name])
+        feeds.update(decoded.feeds)
+        notes.update(decoded.parameters)
     rows = {array.shape[0] for array in feeds.values()}
     if len(rows) != 1:
         raise InvalidInputError(f"inputs disagree on the batch size: {sorted(rows)}")
@@ -263,4 +274,4 @@ def _prepare(target: ModelVersion, request: InferRequest, scale: float) -> tuple
         )
     if config.classifier is not None and config.classifier.scale_input is not None:
         feeds[config.classifier.scale_input] = np.full((count, 1), scale, dtype=np.float32)
-    return feeds, count
+    return feeds, count, notes

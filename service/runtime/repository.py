@@ -14,6 +14,7 @@ from pathlib import Path
 
 from service.errors import ConfigError
 from service.runtime.config import CONFIG_FILE, ModelConfig, load_config
+from service.runtime.decoders import InputDecoder, build_decoders
 from service.runtime.session import OnnxSession
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,13 @@ class ModelVersion:
     version: int
     config: ModelConfig
     session: OnnxSession
+    #: The input decoders (a text model's tokenizer), built with the version: see __post_init__.
+    decoders: dict[str, InputDecoder] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Built from the version folder when the version loads, never per request; a missing
+        # or broken tokenizer raises ConfigError and fails the version like a bad model.onnx.
+        self.decoders = build_decoders(self.config, self.session.path.parent)
 
 
 @dataclass

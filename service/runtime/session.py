@@ -67,7 +67,8 @@ class OnnxSession:
                     f"{self.path}: output '{spec.name}' is {node.type} in the graph, "
                     f"{spec.datatype} in config.yaml"
                 )
-        fed = {spec.name: spec.datatype for spec in config.inputs}
+        # The graph inputs are the decoders' feeds (a text input becomes input_ids, ...).
+        fed = {feed.name: feed.datatype for spec in config.inputs for feed in spec.feeds()}
         if config.classifier is not None and config.classifier.scale_input is not None:
             fed[config.classifier.scale_input] = "FP32"
         for name, node in self.inputs.items():
@@ -102,12 +103,16 @@ class OnnxSession:
 
 
 def sample_feeds(config: ModelConfig, rows: int) -> Feeds:
-    """Valid feeds of ``rows`` rows: each input's lower bound (or zero), scale 1."""
+    """Valid feeds of ``rows`` rows: each input's lower bound (or zero), scale 1.
+
+    Text feeds get one token of id 1 with attention 1 (an all-padding row is not a real input).
+    """
     feeds: Feeds = {}
     for spec in config.inputs:
-        shape = [rows] + [1 if dim == -1 else dim for dim in spec.shape[1:]]
-        fill = spec.range[0] if spec.range is not None else 0
-        feeds[spec.name] = np.full(shape, fill, dtype=NUMPY_DTYPES[spec.datatype])
+        fill = spec.range[0] if spec.range is not None else 1 if spec.decoder == "text" else 0
+        for feed in spec.feeds():
+            shape = [rows] + [1 if dim == -1 else dim for dim in feed.shape[1:]]
+            feeds[feed.name] = np.full(shape, fill, dtype=NUMPY_DTYPES[feed.datatype])
     if config.classifier is not None and config.classifier.scale_input is not None:
         feeds[config.classifier.scale_input] = np.ones((rows, 1), dtype=np.float32)
     return feeds

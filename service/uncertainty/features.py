@@ -82,7 +82,8 @@ def _feeds(batch: list[dict[str, Any]], config: ModelConfig, path: Path) -> Feed
         else:
             data = np.asarray(values, dtype=NUMPY_DTYPES[spec.datatype])
         try:
-            feeds.update(DECODERS[spec.decoder](spec, Tensor(spec.name, spec.datatype, data)))
+            decoder = DECODERS[spec.decoder](spec, None)
+            feeds.update(decoder(Tensor(spec.name, spec.datatype, data)).feeds)
         except InvalidInputError as exc:
             raise ValueError(f"{path}: {exc}") from exc
     if config.classifier is not None and config.classifier.scale_input is not None:

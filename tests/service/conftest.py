@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
+from service.export.classifier import ExportResult
 from service.models import digits
 from service.runtime.config import load_config
 from service.runtime.session import OnnxSession
 from service.settings import Settings
+from tests.service import textmodel
 from tests.service.helpers import running_server
 
 
@@ -65,3 +67,22 @@ def direct(repository: Path) -> OnnxSession:
     """A session on the same model.onnx, outside the server: the reference for its answers."""
     entry = repository / "digits"
     return OnnxSession(entry / "1" / "model.onnx", load_config(entry / "config.yaml"))
+
+
+@pytest.fixture(scope="session")
+def text_export(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    """The tiny text classifier (see tests/service/textmodel.py), exported once per session."""
+    return textmodel.build(tmp_path_factory.mktemp("text_export"))
+
+
+@pytest.fixture(scope="session")
+def text_server(text_export: ExportResult) -> Iterator[str]:
+    """A real server on the tiny text model's repository (its export, config.yaml included)."""
+    with running_server(Settings(model_repository=text_export.model_root.parent)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def text_client(text_server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=text_server, timeout=60) as http:
+        yield http

@@ -14,13 +14,13 @@ import torch
 from tokenizers import Tokenizer
 
 import kernels
-from service.data.fortunes import Example, prepare_fortunes, read_jsonl, write_jsonl
+from service.data.fortunes import Example, read_jsonl, write_jsonl
 from service.export.classifier import (
     ExportError,
     ExportResult,
-    TrainingConfig,
     export_classifier,
     read_export_metadata,
+    repository_config,
 )
 from service.export.encoder import (
     EncodedBatch,
@@ -28,43 +28,17 @@ from service.export.encoder import (
     default_encoder_dir,
     load_encoder,
 )
+from service.runtime.config import ModelConfig, load_config
+from tests.service import textmodel
 
-TRAIN_PER_TOPIC = 10
-TEST_PER_TOPIC = 4
-# Short texts keep the embedding pass of this small build to a few seconds on two cores.
-MAX_CHARS = 160
 HIDDEN = 384
 LAYERS = 6
 
 
-def _subset(examples: list[Example], per_label: int) -> list[Example]:
-    chosen: dict[str, list[Example]] = {}
-    for example in examples:
-        if len(example.text) <= MAX_CHARS and len(chosen.setdefault(example.label, [])) < per_label:
-            chosen[example.label].append(example)
-    return [e for group in chosen.values() for e in group]
-
-
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    dataset = prepare_fortunes(seed=0, log=lambda _: None)
-    work = tmp_path_factory.mktemp("export")
-    train, test = work / "train.jsonl", work / "test.jsonl"
-    write_jsonl(train, _subset(read_jsonl(dataset.train), TRAIN_PER_TOPIC))
-    write_jsonl(test, _subset(read_jsonl(dataset.test), TEST_PER_TOPIC))
-    return export_classifier(
-        None,
-        train,
-        test,
-        work / "repo",
-        "tiny-topics",
-        version=3,
-        labels=dataset.labels,
-        max_length=64,
-        training=TrainingConfig(epochs=200),
-        show_progress=False,
-        log=lambda _: None,
-    )
+def built(text_export: ExportResult) -> ExportResult:
+    """The tiny export shared with the text-serving tests (tests/service/textmodel.py)."""
+    return text_export
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +66,12 @@ def test_repository_entry_is_complete(built: ExportResult) -> None:
     assert root.name == "tiny-topics"
     assert built.version_dir == root / "3"
     assert sorted(p.name for p in built.version_dir.iterdir()) == ["model.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "3",
+        "config.yaml",
+        "export.json",
+        "labels.txt",
+    ]
     assert built.labels_path == root / "labels.txt"
     assert built.labels_path.read_text().splitlines() == list(built.labels)
     assert len(built.labels) == 11
@@ -119,11 +99,15 @@ def test_graph_has_the_custom_softmax_and_dynamic_axes(built: ExportResult) -> N
     assert not [
         n for n in model.graph.node if n.op_type == "Softmax" and "probabilities" in n.output
     ]
-    for graph_input in model.graph.input:
+    assert list(custom[0].input) == [custom[0].input[0], "scale"]
+    ids, mask, scale = model.graph.input
+    for graph_input in (ids, mask):
         dims = graph_input.type.tensor_type.shape.dim
         assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.INT64
         assert all(d.dim_param and not d.dim_value for d in dims), graph_input
-    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
+    assert scale.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [d.dim_value for d in scale.type.tensor_type.shape.dim][1:] == [1]
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "scale"]
 
 
 @pytest.mark.parametrize(
@@ -154,7 +138,14 @@ def test_onnx_matches_a_fresh_torch_model(
     outputs = dict(
         zip(
             names,
-            session.run(names, {"input_ids": batch.input_ids.numpy(), "attention_mask": mask}),
+            session.run(
+                names,
+                {
+                    "input_ids": batch.input_ids.numpy(),
+                    "attention_mask": mask,
+                    "scale": np.ones((len(texts), 1), dtype=np.float32),
+                },
+            ),
             strict=True,
         )
     )
@@ -179,11 +170,44 @@ def test_padding_does_not_change_a_row(session: ort.InferenceSession, tokenizer:
         feed = {
             "input_ids": batch.input_ids.numpy(),
             "attention_mask": batch.attention_mask.numpy(),
+            "scale": np.ones((len(batch.input_ids), 1), dtype=np.float32),
         }
         return list(session.run(None, feed))
 
     for a, b in zip(run(alone), run(padded), strict=True):
         np.testing.assert_allclose(a[0], b[0], atol=1e-4)
+
+
+def test_scale_divides_the_logits_inside_the_softmax_only(
+    session: ort.InferenceSession, tokenizer: Tokenizer
+) -> None:
+    batch = EncodedBatch.encode(tokenizer, ["Beam me up.", "The court adjourned."])
+    feed = {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy()}
+    scale = np.array([[1.0], [0.25]], dtype=np.float32)
+    logits, probabilities = session.run(["logits", "probabilities"], {**feed, "scale": scale})
+    scaled = logits * scale
+    expected = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+
+
+def test_config_yaml_is_servable(built: ExportResult) -> None:
+    config = load_config(built.model_root / "config.yaml")
+    assert config.model_dump(mode="json") == ModelConfig.model_validate(
+        repository_config(built.metadata)
+    ).model_dump(mode="json")
+    (text,) = config.inputs
+    assert (text.name, text.datatype, text.shape, text.decoder) == ("text", "BYTES", [-1], "text")
+    assert text.text_spec.max_length == built.max_length == 64
+    assert config.classifier is not None
+    assert (config.classifier.probabilities, config.classifier.scale_input) == (
+        "probabilities",
+        "scale",
+    )
+    assert config.labels == list(built.labels)
+    assert config.uncertainty.taps == list(built.taps)
+    assert (config.uncertainty.logits, config.uncertainty.sdm_tap) == ("logits", "pooled_6")
+    assert [o.name for o in config.outputs] == ["logits", "probabilities", *built.taps]
 
 
 def test_tokenizer_json_loads_and_truncates(built: ExportResult, tokenizer: Tokenizer) -> None:
@@ -198,7 +222,7 @@ def test_tokenizer_json_loads_and_truncates(built: ExportResult, tokenizer: Toke
 def test_tiny_run_beats_chance(built: ExportResult) -> None:
     test = read_jsonl(Path(built.metadata["training"]["test_file"]))
     majority = max(sum(e.label == label for e in test) for label in built.labels) / len(test)
-    assert built.num_test == len(test) == TEST_PER_TOPIC * len(built.labels)
+    assert built.num_test == len(test) == textmodel.TEST_PER_TOPIC * len(built.labels)
     assert built.test_accuracy > max(2 / len(built.labels), majority + 0.1)
     assert built.train_accuracy >= built.test_accuracy
 
