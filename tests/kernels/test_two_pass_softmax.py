@@ -17,6 +17,7 @@ from tests.kernels.conftest import (
     RELOAD,
     TWO_PASS,
     SessionFactory,
+    assert_matches_reference,
     check_softmax,
     make_session,
     run_softmax,
@@ -176,18 +177,19 @@ def test_edge_scales(softmax_session: SessionFactory, isa: str, algorithm: int) 
 
 @pytest.mark.parametrize("length", [100_000, 1_100_000])
 def test_long_rows(softmax_session: SessionFactory, isa: str, length: int) -> None:
-    """Rows far beyond the cache; 1.1M elements takes the split-row path (chunk partials)."""
+    """Long rows; 1.1M elements takes the split-row path (chunk partials) with two-pass."""
     rng = np.random.default_rng(length)
     x = random_rows(rng, (2, length), spread=20.0)
     x[1, rng.integers(0, length, 100)] = -1e30
     mask = rng.random((2, length)) < 0.9
     scale = np.array([[1.0], [0.7]], dtype=np.float32)
-    for algorithm in (None, RELOAD) if length < 1_000_000 else (None,):
+    for algorithm in (None, TWO_PASS, RELOAD) if length < 1_000_000 else (None, TWO_PASS):
         y, lse = run_softmax(softmax_session(isa, algorithm=algorithm), x)
         check_softmax(y, lse, x)
-    session = softmax_session(isa, scale=True, mask=True)
-    y, lse = run_softmax(session, x, scale, mask)
-    check_softmax(y, lse, x, scale, mask)
+    for algorithm in (None, TWO_PASS):
+        session = softmax_session(isa, scale=True, mask=True, algorithm=algorithm)
+        y, lse = run_softmax(session, x, scale, mask)
+        check_softmax(y, lse, x, scale, mask)
 
 
 def test_long_row_hazards(softmax_session: SessionFactory, isa: str) -> None:
@@ -206,14 +208,92 @@ def test_long_row_hazards(softmax_session: SessionFactory, isa: str) -> None:
     check_softmax(y, lse, x, mask=mask)
 
 
+# The vector paths sum pass 1 in chunks of 2048 elements whose exponent is fixed from the chunk's
+# maximum before the chunk is summed (f32_softmax__avx2.cc); the chunk (mantissa, exponent)
+# pairs are merged in double.
+CHUNK = 2048
+
+
+@pytest.mark.parametrize(
+    "length", [CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK - 1, 3 * CHUNK + 1, 6 * CHUNK + 7]
+)
+def test_chunk_boundaries(softmax_session: SessionFactory, isa: str, length: int) -> None:
+    """Chunks whose scales differ by more than float range, in both orders; chunks with nothing
+    kept, -inf only or sentinels only between kept ones; maxima on chunk edges."""
+    rng = np.random.default_rng(length)
+    x = random_rows(rng, (8, length))
+    starts = list(range(0, length, CHUNK))
+    for c, start in enumerate(starts):
+        chunk = slice(start, start + CHUNK)
+        x[1, chunk] += 300.0 * c  # each chunk 433 binades above the previous one
+        x[2, chunk] -= 300.0 * c  # ... below
+        x[3, chunk] += 800.0 * c  # > 1000 binades: earlier partials vanish entirely
+        if 0 < c < len(starts) - 1 or (c == 0 and len(starts) > 1):
+            x[4, chunk] = -INF if c % 2 else -1e30
+            x[5, chunk] = -FLT_MAX
+        x[6, start] = 60.0  # the maximum on the first element of every chunk ...
+        x[6, min(start + CHUNK, length) - 1] = 60.0  # ... and on the last
+    x[7] = np.float32(-45_000.0) + rng.standard_normal(length).astype(np.float32)
+    mask = np.ones(x.shape, dtype=bool)
+    mask[0, : min(CHUNK, length - 1)] = False  # a whole chunk excluded
+    scale = np.array([[0.5], [1.0], [1.0], [1.0], [2.0], [1.0], [1.0], [1.0]], dtype=np.float32)
+    y, lse = run_softmax(softmax_session(isa, algorithm=TWO_PASS), x)
+    check_softmax(y, lse, x)
+    session = softmax_session(isa, scale=True, mask=True, algorithm=TWO_PASS)
+    y, lse = run_softmax(session, x, scale, mask)
+    check_softmax(y, lse, x, scale, mask)
+
+
+def _run_bound(
+    session: ort.InferenceSession, x: npt.NDArray[np.float32], offset: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Run with Y bound `offset` floats past a 64-byte boundary (IOBinding to a raw pointer)."""
+    storage = np.zeros(x.size + 32, dtype=np.float32)
+    start = (-storage.ctypes.data // 4) % 16 + offset
+    y = storage[start : start + x.size].reshape(x.shape)
+    lse = np.zeros((x.shape[0], 1), dtype=np.float32)
+    binding = session.io_binding()
+    binding.bind_cpu_input("X", x)
+    binding.bind_output("Y", "cpu", 0, np.float32, list(x.shape), y.ctypes.data)
+    binding.bind_output("log_sum_exp", "cpu", 0, np.float32, list(lse.shape), lse.ctypes.data)
+    session.run_with_iobinding(binding)
+    return y.copy(), lse
+
+
+def test_streaming_stores(softmax_session: SessionFactory, isa: str) -> None:
+    """Y larger than the last-level cache (32 MiB) is written with streaming stores: split rows
+    and whole rows, Y aligned and not (a head of ordinary stores up to the vector boundary),
+    lengths with tails."""
+    rng = np.random.default_rng(11)
+    x = random_rows(rng, (9, 1_000_003))
+    ref_y, ref_lse = reference.two_pass_softmax(x)
+    session = softmax_session(isa)
+    for offset in (0, 1, 7):
+        y, lse = _run_bound(session, x, offset)
+        assert_matches_reference(y, ref_y, what="Y")
+        assert_matches_reference(lse, ref_lse, what="log_sum_exp", absolute_floor=1.0)
+    x = random_rows(rng, (520, 16_389))  # two-pass whole rows (not split), 34 MB
+    ref_y, ref_lse = reference.two_pass_softmax(x)
+    y, lse = _run_bound(softmax_session(isa, algorithm=TWO_PASS), x, 3)
+    assert_matches_reference(y, ref_y, what="Y")
+    assert_matches_reference(lse, ref_lse, what="log_sum_exp", absolute_floor=1.0)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_thread_counts(softmax_session: SessionFactory, isa: str, threads: int) -> None:
     rng = np.random.default_rng(threads)
-    for shape in [(64, 3000), (300, 7), (1, 1_100_000), (3, 70_000)]:
+    for shape, algorithm in [
+        ((64, 3000), None),
+        ((300, 7), None),
+        ((1, 1_100_000), None),
+        ((1, 1_100_000), TWO_PASS),
+        ((3, 70_000), TWO_PASS),
+        ((3, 70_000), None),
+    ]:
         x = random_rows(rng, shape)
-        y, lse = run_softmax(softmax_session(isa, threads=threads), x)
+        y, lse = run_softmax(softmax_session(isa, threads=threads, algorithm=algorithm), x)
         check_softmax(y, lse, x)
-        y1, lse1 = run_softmax(softmax_session(isa, threads=1), x)
+        y1, lse1 = run_softmax(softmax_session(isa, threads=1, algorithm=algorithm), x)
         # Work is cut into the same tasks whatever the thread count: bitwise identical results.
         np.testing.assert_array_equal(y, y1)
         np.testing.assert_array_equal(lse, lse1)

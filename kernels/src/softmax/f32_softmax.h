@@ -5,9 +5,10 @@
 // excluded. An excluded element behaves exactly like z = -inf, so a NaN at an excluded position
 // never reaches the result.
 //
-// Names say what, then how (XNNPACK's grammar): f32_raddextexp__avx2_p5_u64_acc4 is a float32
-// reduce-add of exp in extended-exponent form, AVX2, degree-5 polynomial, 64 elements per main
-// loop iteration, 4 independent accumulators.
+// Names say what, then how (XNNPACK's grammar): f32_raddextexp__avx2_rr2_p5_c2048_u32_acc4 is a
+// float32 reduce-add of exp in extended-exponent form, AVX2, two-constant range reduction,
+// degree-5 polynomial, chunks of 2048 elements, 32 elements per main loop iteration, 4
+// independent accumulators.
 #pragma once
 
 #include <cstddef>
@@ -34,6 +35,8 @@ struct ExtExpSum {
 //     is exactly 0 in float whenever the row's largest exponent S_e is above kExtExpMinExponent
 //     (2^-200 relative to the largest term), which also makes -inf, mask sentinels such as
 //     -1e30 or -FLT_MAX, and excluded elements contribute mantissa 0.
+//     (The vector paths clamp relative to the exponent fixed for each chunk, or for the row in
+//     pass 2: a term 127 binades below it is exactly 0, as is everything below kExtExpMinInput.)
 //   * a row whose sum ends outside [kExtExpMinExponent, kExtExpMaxExponent], or whose mantissa
 //     is not a positive finite number (NaN, +inf, z so large that n overflowed), is recomputed
 //     by the three-pass reload path, which subtracts the row maximum and handles every value.
@@ -55,16 +58,19 @@ bool ext_exp_sum_in_domain(ExtExpSum s);
 ExtExpSum ext_exp_sum_merge(const ExtExpSum* parts, size_t count);
 
 // Pass 1 of the two-pass softmax: sum of e^z over the kept elements, in extended-exponent form.
-// Each lane keeps a pair (M, E); a new term m * 2^n joins as E' = max(E, n),
-// M' = M * 2^(E - E') + m * 2^(n - E'). Both scale factors are powers of two no greater than 1,
-// so M never exceeds (terms per lane) * sqrt(2) and nothing overflows, and no max pass is needed.
+// Pairs (M, E) merge as E' = max(E, n), M' = M * 2^(E - E') + m * 2^(n - E'); both scale factors
+// are powers of two no greater than 1, so nothing overflows. The scalar path applies the rule per
+// element (Dukhan & Ablavatski); the vector paths per L1-sized chunk, whose exponent they fix in
+// advance from the chunk's maximum (f32_softmax__avx2.cc), so the rule costs nothing per element.
 using F32RAddExtExpFn = ExtExpSum (*)(size_t n, const float* x, const uint8_t* mask, float scale);
 
 // Pass 2: y_i = m_i * inv_mantissa * 2^(n_i - exponent) for kept elements, 0 for excluded ones,
-// where (1/inv_mantissa, exponent) is the pass-1 sum. n_i <= exponent for every kept element, so
-// the power of two is at most 1 and y cannot overflow.
+// where (1/inv_mantissa, exponent) is the pass-1 sum. n_i <= exponent (+1 at most, from rounding)
+// for every kept element, so y cannot overflow. `nontemporal`: write y with streaming stores
+// (outputs larger than the last-level cache: no write-allocate read), fenced before returning;
+// a hint that a path may ignore.
 using F32VScaleExtExpFn = void (*)(size_t n, const float* x, const uint8_t* mask, float scale,
-                                   float inv_mantissa, float exponent, float* y);
+                                   float inv_mantissa, float exponent, float* y, bool nontemporal);
 
 // Reload pass 1: the largest z over the kept elements (-inf when none). NaN may be skipped; the
 // exp pass catches it.
@@ -101,7 +107,7 @@ struct F32SoftmaxKernels {
                                    vmulc, vaxpy, vmulc_rdot)                                    \
   ExtExpSum raddextexp(size_t n, const float* x, const uint8_t* mask, float scale);             \
   void vscaleextexp(size_t n, const float* x, const uint8_t* mask, float scale,                 \
-                    float inv_mantissa, float exponent, float* y);                              \
+                    float inv_mantissa, float exponent, float* y, bool nontemporal);            \
   float rmax(size_t n, const float* x, const uint8_t* mask, float scale);                       \
   float raddstoreexpminusmax(size_t n, const float* x, const uint8_t* mask, float scale,        \
                              float max, float* y);                                              \

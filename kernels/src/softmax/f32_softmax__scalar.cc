@@ -48,7 +48,7 @@ ExtExpSum f32_raddextexp__scalar(size_t n, const float* x, const uint8_t* mask, 
 }
 
 void f32_vscaleextexp__scalar(size_t n, const float* x, const uint8_t* mask, float scale,
-                              float inv_mantissa, float exponent, float* y) {
+                              float inv_mantissa, float exponent, float* y, bool /*nontemporal*/) {
   for (size_t i = 0; i < n; ++i) {
     const float z = scale * x[i];
     if (excluded(mask, i) || z < kExtExpMinInput) {
