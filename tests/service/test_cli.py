@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
-from service.cli import COMMANDS, main, parser
+from service.cli import COMMANDS, DEFAULT_MODELS, main, parser
 
 
 def test_every_command_has_help():
@@ -21,8 +22,39 @@ def test_serve_arguments_parse():
     assert (args.port, str(args.model_repository), args.host) == (9000, "/tmp/r", None)
 
 
-def test_build_defaults_keeps_existing_entries(repository, capsys):
-    before = (repository / "digits" / "config.yaml").stat().st_mtime_ns
-    assert main(["build-defaults", "--model-repository", str(repository)]) == 0
-    assert "exists; --force rebuilds it" in capsys.readouterr().out
-    assert (repository / "digits" / "config.yaml").stat().st_mtime_ns == before
+def test_build_defaults_keeps_existing_entries(repository, tmp_path, capsys):
+    # Every default entry exists (fortune-topics as a stand-in folder: never built in tests).
+    root = tmp_path / "repo"
+    shutil.copytree(repository / "digits", root / "digits")
+    for name in DEFAULT_MODELS:
+        (root / name).mkdir(exist_ok=True)
+    before = (root / "digits" / "config.yaml").stat().st_mtime_ns
+    assert main(["build-defaults", "--model-repository", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert all(
+        f"{name}: {root / name} exists; --force rebuilds it" in out for name in DEFAULT_MODELS
+    )
+    assert (root / "digits" / "config.yaml").stat().st_mtime_ns == before
+
+
+def test_defaults_include_the_text_model():
+    assert list(DEFAULT_MODELS) == ["digits", "fortune-topics"]
+
+
+def test_export_classifier_arguments_parse():
+    args = parser().parse_args(
+        ["export", "classifier", "--train", "a.jsonl", "--test", "b.jsonl", "--name", "m"]
+    )
+    assert (args.command, args.kind, args.name, args.version) == ("export", "classifier", "m", 1)
+    assert (args.encoder, str(args.model_repository), args.max_length) == (
+        None,
+        "model_repository",
+        None,
+    )
+
+
+def test_export_classifier_keeps_an_existing_version(tmp_path, capsys):
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    argv = ["export", "classifier", "--train", "a", "--test", "b", "--name", "m"]
+    assert main([*argv, "--model-repository", str(tmp_path)]) == 1
+    assert "exists; --force replaces it" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -138,3 +139,94 @@ def test_different_signatures_never_share_a_batch(direct, images):
     asyncio.run(main())
     assert {shape[1] for shape in seen} == {4, 8}
     assert sum(shape[0] for shape in seen) == 10
+
+
+# -- sequence feeds (text models): padding on merge, batches grouped by length ----------------
+
+PAD = {"input_ids": 7, "attention_mask": 0}
+
+
+def sequence(length: int, seed: int) -> Feeds:
+    """One row of a text model's feeds: token ids 10.. and a full attention mask."""
+    ids = np.random.default_rng(seed).integers(10, 1000, size=(1, length), dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones((1, length), np.int64)}
+
+
+def masked_sums(batch: Feeds) -> Feeds:
+    """A real computation whose answer padding must not change: per-row sums over the mask."""
+    mask = batch["attention_mask"]
+    return {"sum": (batch["input_ids"] * mask).sum(axis=1), "length": mask.sum(axis=1)}
+
+
+def test_sequences_of_different_lengths_are_padded_when_merged():
+    batches: list[Feeds] = []
+
+    def run(batch: Feeds) -> Feeds:
+        batches.append(batch)
+        return masked_sums(batch)
+
+    lengths = [1 + (i * 7) % 30 for i in range(40)]
+    policy = BatchPolicy(16, 0.002, 64, max_length_ratio=100.0)
+
+    async def main() -> list[Feeds]:
+        executor = ThreadPoolExecutor(1)
+        metrics = Metrics().for_batcher("text")
+        batcher = Batcher("text", run, executor, 1, policy, metrics, pad=PAD)
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(sequence(n, i), 1) for i, n in enumerate(lengths))
+            )
+        finally:
+            await batcher.stop()
+            executor.shutdown()
+
+    results = asyncio.run(main())
+    for i, (n, result) in enumerate(zip(lengths, results, strict=True)):
+        np.testing.assert_array_equal(result["sum"], masked_sums(sequence(n, i))["sum"])
+        assert result["length"].tolist() == [n]
+    merged = [b for b in batches if len(b["input_ids"]) > 1]
+    assert merged, "requests were merged"
+    for batch in merged:
+        lengths_in = batch["attention_mask"].sum(axis=1)
+        assert batch["input_ids"].shape[1] == lengths_in.max()  # padded to the longest only
+        padding = batch["attention_mask"] == 0
+        assert (batch["input_ids"][padding] == PAD["input_ids"]).all()
+    assert any(len(set(b["attention_mask"].sum(axis=1).tolist())) > 1 for b in merged)
+
+
+def test_batches_group_requests_of_similar_length():
+    gate = threading.Event()
+    batches: list[list[int]] = []
+
+    def run(batch: Feeds) -> Feeds:
+        gate.wait(10)
+        batches.append(batch["attention_mask"].sum(axis=1).tolist())
+        return masked_sums(batch)
+
+    lengths = [4, 100, 5, 90, 4, 6, 95, 4, 40]
+    policy = BatchPolicy(32, 0.002, 64, max_length_ratio=2.0)
+
+    async def main() -> None:
+        executor = ThreadPoolExecutor(1)
+        metrics = Metrics().for_batcher("text")
+        batcher = Batcher("text", run, executor, 1, policy, metrics, pad=PAD)
+        batcher.start()
+        blocker = asyncio.ensure_future(batcher.submit(sequence(3, 0), 1))
+        await asyncio.sleep(0.05)  # the only slot is busy: the rest queue up together
+        rest = [asyncio.ensure_future(batcher.submit(sequence(n, 1), 1)) for n in lengths]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(blocker, *rest)
+        await batcher.stop()
+        executor.shutdown()
+
+    asyncio.run(main())
+    assert batches[0] == [3]
+    # The oldest queued request (4) anchors the next batch and the short ones join it; the long
+    # ones form their own; 40 (100 / 40 > 2) waits for the next.
+    assert sorted(batches[1]) == [4, 4, 4, 5, 6]
+    assert sorted(batches[2]) == [90, 95, 100]
+    assert batches[3:] == [[40]]
+    for batch in batches:
+        assert max(batch) <= policy.max_length_ratio * min(batch)
