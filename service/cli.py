@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.uncertainty.calibrate import calibrate_arguments, calibrate_command
+
 log = logging.getLogger("surety")
 
 #: Default models: name → module with ``build(entry: Path) -> ...`` (imported only when built,
@@ -220,6 +222,12 @@ COMMANDS = (
         build_defaults,
     ),
     Command("export", "export a model into the repository", _export_arguments, export),
+    Command(
+        "calibrate",
+        "fit Mahalanobis and SDM uncertainty for a model version",
+        calibrate_arguments,
+        calibrate_command,
+    ),
 )
 
 

@@ -51,6 +51,10 @@ class InferenceFailedError(SuretyError):
     """ONNX Runtime failed on input that passed validation (a server-side problem)."""
 
 
+class NotCalibratedError(SuretyError):
+    """The model version has no fitted uncertainty artifacts (run `surety calibrate`)."""
+
+
 class ConfigError(SuretyError):
     """A model repository entry is invalid; raised while loading, never during a request."""
 
@@ -69,6 +73,7 @@ ERRORS: dict[type[Exception], ErrorSpec] = {
     InvalidInputError: ErrorSpec(400),
     RequestValidationError: ErrorSpec(400),
     ModelNotFoundError: ErrorSpec(404),
+    NotCalibratedError: ErrorSpec(409),
     RequestTooLargeError: ErrorSpec(413, reject_reason="too_large"),
     QueueFullError: ErrorSpec(429, retry_after=True, reject_reason="queue_full"),
     ModelNotReadyError: ErrorSpec(503, retry_after=True, reject_reason="not_ready"),

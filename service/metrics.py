@@ -22,6 +22,23 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: The ensemble score is standardised on in-distribution calibration data: about N(0, 1) there,
+#: and far below 0 out of distribution (its scale is that of squared distances).
+MAHALANOBIS_BUCKETS = (
+    -1000.0,
+    -100.0,
+    -30.0,
+    -10.0,
+    -5.0,
+    -3.0,
+    -2.0,
+    -1.0,
+    -0.5,
+    0.0,
+    0.5,
+    1.0,
+    2.0,
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,22 @@ class Metrics:
             "surety_model_ready", "1 when the model version is loaded.", ["model", "version"],
             registry=r,
         )  # fmt: skip
+        self.ood = Counter(
+            "surety_ood", "Requests flagged out of distribution.", ["model"], registry=r
+        )
+        self.mahalanobis_score = Histogram(
+            "surety_mahalanobis_score",
+            "Mahalanobis ensemble score of each request (higher = more in-distribution).",
+            ["model"],
+            buckets=MAHALANOBIS_BUCKETS,
+            registry=r,
+        )
+        self.sdm_reliable = Counter(
+            "surety_sdm_reliable",
+            "Requests inside SDM's high-reliability region.",
+            ["model"],
+            registry=r,
+        )
         ProcessCollector(registry=r)
 
     def for_batcher(self, model: str) -> BatchMetrics:

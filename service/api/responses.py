@@ -16,6 +16,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in (
         (400, "malformed or invalid input"),
         (404, "unknown model or version"),
+        (409, "the model has no uncertainty artifacts (run surety calibrate)"),
         (413, "body too large"),
         (429, "queue full (Retry-After)"),
         (503, "not ready (Retry-After)"),

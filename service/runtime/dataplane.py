@@ -1,4 +1,4 @@
-"""The data plane: model lookup, readiness, metadata, infer and score, protocol-neutral.
+"""The data plane: model lookup, readiness, metadata, infer, score and uncertainty.
 
 The REST layer (``service.api``) parses, calls one method here and serialises; a gRPC
 front-end would call the same methods.
@@ -6,6 +6,7 @@ front-end would call the same methods.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
@@ -19,6 +20,7 @@ from service.errors import (
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NotCalibratedError,
     ServerNotReadyError,
 )
 from service.metrics import Metrics
@@ -29,10 +31,11 @@ from service.runtime.repository import ModelEntry, ModelVersion
 from service.runtime.session import Feeds
 from service.runtime.types import InferRequest, InferResponse, Parameters, Tensor
 from service.settings import Settings
+from service.uncertainty.served import UNCERTAINTY_OUTPUTS
 
 SERVER_NAME = "surety"
-#: Advertised in the server metadata; uncertainty and judge join when they exist.
-EXTENSIONS = ("binary_tensor_data", "score")
+#: Advertised in the server metadata; judge joins when it exists.
+EXTENSIONS = ("binary_tensor_data", "score", "uncertainty")
 SCORE_OUTPUTS = ("probabilities", "predicted_index", "predicted_label")
 
 
@@ -47,6 +50,7 @@ class DataPlane:
         metrics: Metrics,
     ) -> None:
         self.entries = entries
+        self._executor = executor
         self.settings = settings
         self._metrics = metrics
         self._batchers: dict[tuple[str, int], Batcher] = {}
@@ -155,6 +159,17 @@ class DataPlane:
 
     async def score(self, model: str, version: int | None, request: InferRequest) -> InferResponse:
         """Class probabilities, the argmax and its label; ``temperature`` scales the logits."""
+        return await self._classify(model, version, request, with_uncertainty=False)
+
+    async def uncertainty(
+        self, model: str, version: int | None, request: InferRequest
+    ) -> InferResponse:
+        """The score outputs plus Mahalanobis OOD and SDM reliability, per request row."""
+        return await self._classify(model, version, request, with_uncertainty=True)
+
+    async def _classify(
+        self, model: str, version: int | None, request: InferRequest, with_uncertainty: bool
+    ) -> InferResponse:
         target = self.version(model, version)
         classifier = target.config.classifier
         if classifier is None:
@@ -162,7 +177,14 @@ class DataPlane:
         temperature = _temperature(request)
         if temperature != 1.0 and classifier.scale_input is None:
             raise InvalidInputError(f"model '{model}' does not take a temperature")
-        selected = _select(model, SCORE_OUTPUTS, request)
+        estimators = target.uncertainty if with_uncertainty else None
+        if with_uncertainty and estimators is None:
+            raise NotCalibratedError(
+                f"model '{model}' version {target.version} has no uncertainty artifacts; run "
+                f"`surety calibrate {model} --train FILE --calibration FILE` first"
+            )
+        available = [*SCORE_OUTPUTS, *(UNCERTAINTY_OUTPUTS if with_uncertainty else ())]
+        selected = _select(model, available, request)
         with self._inflight(model):
             outputs, notes = await self._run(target, request, scale=1.0 / temperature)
         probabilities = outputs[classifier.probabilities]
@@ -172,6 +194,13 @@ class DataPlane:
             "predicted_index": Tensor("predicted_index", "INT64", index),
             "predicted_label": Tensor("predicted_label", "BYTES", self._labels[model][index]),
         }
+        if estimators is not None:
+            # kNN search and two small softmax runs: off the event loop, like the model run.
+            loop = asyncio.get_running_loop()
+            values = await loop.run_in_executor(self._executor, estimators.evaluate, outputs)
+            self._record_uncertainty(model, values)
+            for name, datatype in UNCERTAINTY_OUTPUTS.items():
+                computed[name] = Tensor(name, datatype, values[name])
         return InferResponse(
             model,
             str(target.version),
@@ -179,6 +208,15 @@ class DataPlane:
             request.id,
             {"temperature": temperature, **notes},
         )
+
+    def _record_uncertainty(self, model: str, values: dict[str, np.ndarray]) -> None:
+        self._metrics.ood.labels(model=model).inc(int(np.count_nonzero(values["ood"])))
+        self._metrics.sdm_reliable.labels(model=model).inc(
+            int(np.count_nonzero(values["sdm_reliable"]))
+        )
+        histogram = self._metrics.mahalanobis_score.labels(model=model)
+        for score in values["mahalanobis_score"].tolist():
+            histogram.observe(score)
 
     async def _run(
         self, target: ModelVersion, request: InferRequest, scale: float

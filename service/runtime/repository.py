@@ -16,6 +16,8 @@ from service.errors import ConfigError
 from service.runtime.config import CONFIG_FILE, ModelConfig, load_config
 from service.runtime.decoders import InputDecoder, build_decoders
 from service.runtime.session import OnnxSession
+from service.uncertainty.base import ArtifactError
+from service.uncertainty.served import ServedUncertainty
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ class ModelVersion:
     session: OnnxSession
     #: The input decoders (a text model's tokenizer), built with the version: see __post_init__.
     decoders: dict[str, InputDecoder] = field(init=False, repr=False)
+    #: Fitted Mahalanobis and SDM, or None when the version was never calibrated.
+    uncertainty: ServedUncertainty | None = None
 
     def __post_init__(self) -> None:
         # Built from the version folder when the version loads, never per request; a missing
@@ -106,8 +110,29 @@ def load_version(
     start = time.perf_counter()
     session = OnnxSession(folder / str(version) / MODEL_FILE, config, intra_op_threads)
     warm = session.warm_up(config)
+    uncertainty = load_uncertainty(folder / str(version), config, session)
     log.info(
         "model '%s' version %d loaded in %.0f ms (warm-up %.1f ms)",
         folder.name, version, (time.perf_counter() - start) * 1e3, warm * 1e3,
     )  # fmt: skip
-    return ModelVersion(folder.name, version, config, session)
+    return ModelVersion(folder.name, version, config, session, uncertainty)
+
+
+def load_uncertainty(
+    version_dir: Path, config: ModelConfig, session: OnnxSession
+) -> ServedUncertainty | None:
+    """The version's fitted uncertainty methods; a broken artifact fails the version."""
+    spec = config.uncertainty
+    if spec.logits is None or not spec.taps:
+        return None
+    widths = {
+        output.name: output.shape[-1]
+        for output in session.session.get_outputs()
+        if output.shape and isinstance(output.shape[-1], int)
+    }
+    try:
+        return ServedUncertainty.load(
+            version_dir, tuple(spec.taps), spec.logits, widths, len(config.labels)
+        )
+    except ArtifactError as exc:
+        raise ConfigError(f"uncertainty artifacts: {exc}") from exc

@@ -9,7 +9,8 @@ is tokenized exactly as the service does it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,28 @@ from numpy.typing import NDArray
 
 from service.errors import InvalidInputError
 from service.protocol.datatypes import NUMPY_DTYPES
-from service.runtime.config import ModelConfig
-from service.runtime.decoders import DECODERS
-from service.runtime.session import Feeds
+from service.runtime.config import CONFIG_FILE, ModelConfig, load_config
+from service.runtime.decoders import InputDecoder, build_decoders
+from service.runtime.session import Feeds, OnnxSession
 from service.runtime.types import Tensor
 from service.uncertainty.base import FeatureSet
 
-Runner = Callable[[Feeds], Feeds]
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model version outside the server: its config, request decoders and session."""
+
+    config: ModelConfig
+    decoders: Mapping[str, InputDecoder]
+    run: Callable[[Feeds], Feeds]
+
+    @classmethod
+    def load(cls, entry: Path, version: int) -> OfflineModel:
+        """`<entry>/config.yaml` and `<entry>/<version>/model.onnx`."""
+        config = load_config(entry / CONFIG_FILE)
+        version_dir = entry / str(version)
+        session = OnnxSession(version_dir / "model.onnx", config)
+        return cls(config, build_decoders(config, version_dir), session.run)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -70,8 +86,9 @@ def _batches(records: list[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield records[start : start + size]
 
 
-def _feeds(batch: list[dict[str, Any]], config: ModelConfig, path: Path) -> Feeds:
+def _feeds(batch: list[dict[str, Any]], model: OfflineModel, path: Path) -> Feeds:
     feeds: Feeds = {}
+    config = model.config
     for spec in config.inputs:
         try:
             values = [record[spec.name] for record in batch]
@@ -82,8 +99,7 @@ def _feeds(batch: list[dict[str, Any]], config: ModelConfig, path: Path) -> Feed
         else:
             data = np.asarray(values, dtype=NUMPY_DTYPES[spec.datatype])
         try:
-            decoder = DECODERS[spec.decoder](spec, None)
-            feeds.update(decoder(Tensor(spec.name, spec.datatype, data)).feeds)
+            feeds.update(model.decoders[spec.name](Tensor(spec.name, spec.datatype, data)).feeds)
         except InvalidInputError as exc:
             raise ValueError(f"{path}: {exc}") from exc
     if config.classifier is not None and config.classifier.scale_input is not None:
@@ -92,25 +108,26 @@ def _feeds(batch: list[dict[str, Any]], config: ModelConfig, path: Path) -> Feed
 
 
 def run_dataset(
-    run: Runner, config: ModelConfig, path: Path, batch_size: int = 32
+    model: OfflineModel, path: Path, batch_size: int = 32
 ) -> tuple[Feeds, list[dict[str, Any]]]:
     """Every model output over the whole file (concatenated), and the records."""
     records = read_jsonl(path)
     chunks: dict[str, list[np.ndarray]] = {}
     for batch in _batches(records, batch_size):
-        for name, value in run(_feeds(batch, config, path)).items():
+        for name, value in model.run(_feeds(batch, model, path)).items():
             chunks.setdefault(name, []).append(value)
     return {name: np.concatenate(values) for name, values in chunks.items()}, records
 
 
 def feature_set(
-    run: Runner, config: ModelConfig, path: Path, labelled: bool = True, batch_size: int = 32
+    model: OfflineModel, path: Path, labelled: bool = True, batch_size: int = 32
 ) -> FeatureSet:
     """Taps, logits and labels of a split (labels all -1 when ``labelled`` is False)."""
+    config = model.config
     spec = config.uncertainty
     if spec.logits is None or not spec.taps:
         raise ValueError("config.yaml names no uncertainty taps and logits for this model")
-    outputs, records = run_dataset(run, config, path, batch_size)
+    outputs, records = run_dataset(model, path, batch_size)
     labels = (
         label_indices(records, config, path)
         if labelled

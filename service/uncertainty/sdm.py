@@ -13,7 +13,9 @@ The exemplar space is one of the model's taps; z′ are the model's logits and �
 - High-reliability (HR) region at level α: the smallest threshold q′_min over calibration q′
   (with ⌊q′⌋ > 0) at which, for every true class c, the (1−α) empirical quantile ψ_c of
   sdm(z′)_c over calibration points with q′ ≥ q′_min is ≥ α. None qualifies → q′_min = ∞.
-- Lower variant (DKW): n̂_c = #{calibration points of class c with q′_j < q′}; with n̂ = min_c n̂_c,
+- Lower variant (DKW): n̂_c = #{calibration points of class c with q′_j ≤ q′} (the eCDF at q′ times
+  n_c; "≤" because q saturates at a class's support size, so many points tie at the top and a
+  saturated query must count them); with n̂ = min_c n̂_c,
   ε = √(ln(2/(1−α))/(2n̂)) (ε = 1 if n̂ = 0); d_lo = max(d − ε, 0); the query is reliable iff
   q′_lo ≥ q′_min, sdm_lo(z′)_ŷ ≥ ψ_ŷ and {c : sdm_lo(z′)_c ≥ ψ_c} = {ŷ}.
 """
@@ -239,7 +241,7 @@ class SDM:
         sdm = self.activation(logits, q, d)
         q_prime = rescaled_q(q, sdm[rows, predictions])
         n_hat = np.stack(
-            [np.searchsorted(t, q_prime, side="left") for t in self.q_prime_tables]
+            [np.searchsorted(t, q_prime, side="right") for t in self.q_prime_tables]
         ).min(axis=0)
         d_lower = np.maximum(d - dkw_epsilon(n_hat, self.alpha), 0.0)
         sdm_lower = self.activation(logits, q, d_lower)

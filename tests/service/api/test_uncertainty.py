@@ -1,0 +1,125 @@
+"""POST /uncertainty on the calibrated digits default: outputs, agreement with the offline
+estimators, OOD behaviour, metrics, and 409 for a model that was never calibrated."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from service.runtime.config import load_config
+from service.runtime.repository import load_uncertainty
+from service.settings import Settings
+from service.uncertainty.served import UNCERTAINTY_OUTPUTS
+from tests.service.helpers import image_request, run_direct, running_server
+
+SCORE = ["probabilities", "predicted_index", "predicted_label"]
+
+
+def outputs(body: dict[str, Any]) -> dict[str, Any]:
+    return {o["name"]: o for o in body["outputs"]}
+
+
+def array(output: dict[str, Any]) -> np.ndarray:
+    return np.array(output["data"]).reshape(output["shape"])
+
+
+def test_outputs_names_datatypes_and_shapes(client, images):
+    response = client.post("/v2/models/digits/uncertainty", json=image_request(images[:5]))
+    assert response.status_code == 200, response.text
+    out = outputs(response.json())
+    assert list(out) == SCORE + list(UNCERTAINTY_OUTPUTS)
+    for name, datatype in UNCERTAINTY_OUTPUTS.items():
+        assert out[name]["datatype"] == datatype
+    assert out["sdm_probabilities"]["shape"] == [5, 10]
+    for name in ("mahalanobis_score", "ood", "sdm_q", "sdm_d", "sdm_reliable", "sdm_p_lower"):
+        assert out[name]["shape"] == [5]
+
+
+def test_served_values_equal_the_offline_estimators(client, direct, repository, images):
+    batch = images[:16]
+    body = client.post("/v2/models/digits/uncertainty", json=image_request(batch)).json()
+    out = outputs(body)
+    entry = repository / "digits"
+    estimators = load_uncertainty(entry / "1", load_config(entry / "config.yaml"), direct)
+    assert estimators is not None
+    expected = estimators.evaluate(run_direct(direct, batch))
+    for name in UNCERTAINTY_OUTPUTS:
+        np.testing.assert_allclose(array(out[name]), expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_in_distribution_digits_are_mostly_trusted_and_noise_is_not(client, images, labels):
+    clean = outputs(
+        client.post("/v2/models/digits/uncertainty", json=image_request(images[:64])).json()
+    )
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(0, 16, size=(64, 64)).astype(np.float32)
+    far = outputs(client.post("/v2/models/digits/uncertainty", json=image_request(noise)).json())
+    assert array(clean["ood"]).mean() <= 0.15
+    assert array(far["ood"]).mean() >= 0.9
+    # SDM's lower bound is conservative with digits' ~36 calibration points per class (the DKW
+    # margin is ≥ 0.23), so only part of the clean digits is admitted; none of the noise is.
+    assert array(clean["sdm_reliable"]).mean() >= 0.1
+    assert array(far["sdm_reliable"]).mean() == 0.0
+    assert np.median(array(clean["mahalanobis_score"])) > np.median(array(far["mahalanobis_score"]))
+    # The admitted clean digits are right.
+    admitted = array(clean["sdm_reliable"]).astype(bool)
+    predicted = array(clean["predicted_index"])
+    assert (predicted[admitted] == labels[:64][admitted]).mean() >= 0.95
+
+
+def test_requested_outputs_subset(client, images):
+    request = image_request(images[:2], outputs=[{"name": "sdm_reliable"}, {"name": "ood"}])
+    body = client.post("/v2/models/digits/uncertainty", json=request).json()
+    assert [o["name"] for o in body["outputs"]] == ["sdm_reliable", "ood"]
+
+
+def test_metrics_count_ood_and_reliable(client, images):
+    def total(name: str) -> float:
+        text = client.get("/metrics").text
+        lines = [line for line in text.splitlines() if line.startswith(f'{name}{{model="digits"}}')]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    noise = np.full((8, 64), 16.0, dtype=np.float32)
+    before = total("surety_ood_total"), total("surety_mahalanobis_score_count")
+    client.post("/v2/models/digits/uncertainty", json=image_request(noise))
+    after = total("surety_ood_total"), total("surety_mahalanobis_score_count")
+    assert after[0] - before[0] == 8
+    assert after[1] - before[1] == 8
+    assert "surety_sdm_reliable_total" in client.get("/metrics").text
+
+
+@pytest.fixture(scope="module")
+def uncalibrated(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server whose only model is digits without its uncertainty folder."""
+    root = tmp_path_factory.mktemp("uncalibrated")
+    shutil.copytree(repository / "digits", root / "digits")
+    shutil.rmtree(root / "digits" / "1" / "uncertainty")
+    with running_server(Settings(model_repository=root)) as url:
+        yield url
+
+
+def test_a_model_without_artifacts_answers_409(uncalibrated, images):
+    with httpx.Client(base_url=uncalibrated, timeout=30) as http:
+        response = http.post("/v2/models/digits/uncertainty", json=image_request(images[:1]))
+        assert response.status_code == 409
+        assert "surety calibrate digits" in response.json()["error"]
+        # /score still works on it.
+        assert (
+            http.post("/v2/models/digits/score", json=image_request(images[:1])).status_code == 200
+        )
+
+
+def test_broken_artifacts_fail_the_version_with_the_file_named(repository, tmp_path):
+    shutil.copytree(repository / "digits", tmp_path / "digits")
+    (tmp_path / "digits" / "1" / "uncertainty" / "sdm.npz").write_bytes(b"not a zip")
+    from service.runtime.repository import load_repository
+
+    entry = load_repository(tmp_path, 1)["digits"]
+    assert not entry.versions
+    assert "sdm.npz" in entry.failures["1"]
