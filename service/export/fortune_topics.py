@@ -18,6 +18,7 @@ from pathlib import Path
 
 from service.data.fortunes import prepare_fortunes
 from service.export.classifier import ExportResult, TrainingConfig, export_classifier
+from service.uncertainty.calibrate import CalibrationOptions, calibrate_entry, describe
 
 __all__ = ["MODEL_NAME", "build", "build_fortune_topics", "main"]
 
@@ -80,6 +81,10 @@ def build(entry: Path, progress: bool = True) -> ExportResult:
         f"built in {time.perf_counter() - start:.0f} s",
         flush=True,
     )
+    splits = json.loads((entry / "export.json").read_text())["data"]["splits"]
+    options = CalibrationOptions(Path(splits["train"]), Path(splits["calibration"]))
+    report = calibrate_entry(entry, result.version, options)
+    print(f"{MODEL_NAME}: calibrated uncertainty ({describe(report)})", flush=True)
     return result
 
 

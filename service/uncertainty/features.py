@@ -9,6 +9,7 @@ is tokenized exactly as the service does it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,10 @@ class OfflineModel:
 
     @classmethod
     def load(cls, entry: Path, version: int) -> OfflineModel:
-        """`<entry>/config.yaml` and `<entry>/<version>/model.onnx`."""
+        """`<entry>/config.yaml` and `<entry>/<version>/model.onnx`, on every core (offline)."""
         config = load_config(entry / CONFIG_FILE)
         version_dir = entry / str(version)
-        session = OnnxSession(version_dir / "model.onnx", config)
+        session = OnnxSession(version_dir / "model.onnx", config, os.cpu_count() or 1)
         return cls(config, build_decoders(config, version_dir), session.run)
 
 
@@ -110,13 +111,23 @@ def _feeds(batch: list[dict[str, Any]], model: OfflineModel, path: Path) -> Feed
 def run_dataset(
     model: OfflineModel, path: Path, batch_size: int = 32
 ) -> tuple[Feeds, list[dict[str, Any]]]:
-    """Every model output over the whole file (concatenated), and the records."""
+    """Every model output over the whole file (in file order), and the records.
+
+    Text records are run shortest first, so a batch is padded to a length close to its own
+    rows' rather than to the file's longest text.
+    """
     records = read_jsonl(path)
+    texts = [spec.name for spec in model.config.inputs if spec.datatype == "BYTES"]
+    order = np.arange(len(records))
+    if texts:
+        order = np.argsort([len(str(r.get(texts[0], ""))) for r in records], kind="stable")
     chunks: dict[str, list[np.ndarray]] = {}
-    for batch in _batches(records, batch_size):
+    for batch in _batches([records[i] for i in order], batch_size):
         for name, value in model.run(_feeds(batch, model, path)).items():
             chunks.setdefault(name, []).append(value)
-    return {name: np.concatenate(values) for name, values in chunks.items()}, records
+    inverse = np.argsort(order)
+    outputs = {name: np.concatenate(values)[inverse] for name, values in chunks.items()}
+    return outputs, records
 
 
 def feature_set(
