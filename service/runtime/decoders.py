@@ -124,6 +124,8 @@ class TextDecoder:
             raise InvalidInputError(
                 f"input '{name}' must have shape [batch], got {list(tensor.data.shape)}"
             )
+        if len(tensor.data) == 0:
+            raise InvalidInputError("the batch is empty (first dimension 0)")
         texts = []
         for row, value in enumerate(tensor.data):
             try:

@@ -118,10 +118,11 @@ def test_a_long_text_is_truncated_and_reported(
             "input 'text' must have shape [batch], got [1, 1]",
         ),
         (text_request(["a"] * 33), "batch of 33 rows exceeds max_batch_size 32"),
+        (text_request([]), "the batch is empty"),
         (text_request(["a"], parameters={"temperature": 0}), "'temperature' must be"),
         ({"inputs": [{"name": "txt", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, "txt"),
     ],
-    ids=["empty", "whitespace", "fp32", "2d", "too-many-rows", "temperature", "wrong-name"],
+    ids=["empty", "whitespace", "fp32", "2d", "too-many-rows", "no-rows", "temperature", "name"],
 )
 def test_bad_text_input_is_a_400_naming_the_problem(
     text_client: httpx.Client, request_body: dict[str, Any], fragment: str
