@@ -10,6 +10,7 @@ from typing import TypedDict
 
 from fastapi import FastAPI, Request, Response
 from starlette.exceptions import HTTPException
+from threadpoolctl import threadpool_limits
 
 from service import __version__
 from service.api import ROUTERS
@@ -53,6 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def lifespan(app: FastAPI) -> AsyncIterator[State]:
     """Load and warm every model, run the batchers, and stop them on shutdown."""
     settings: Settings = app.state.settings
+    # BLAS calls on the request path (uncertainty's distances) are tiny and run in the bounded
+    # executor already; OpenBLAS's own threads would only contend with it for the same cores.
+    blas_limits = threadpool_limits(limits=1, user_api="blas")
     entries = await asyncio.to_thread(
         load_repository, settings.model_repository, settings.intra_op_threads
     )
@@ -65,6 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[State]:
     finally:
         await plane.stop()
         executor.shutdown(wait=True)
+        blas_limits.restore_original_limits()
 
 
 async def _error_response(request: Request, exc: Exception) -> Response:

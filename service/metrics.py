@@ -113,7 +113,38 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        # The uncertainty stage is batched like inference (requests of one ORT batch are
+        # evaluated together), with its own series so the model's figures stay ORT's.
+        self.uncertainty_queue_duration = Histogram(
+            "surety_uncertainty_queue_duration_seconds",
+            "Time a request waited for its batched uncertainty evaluation.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.uncertainty_duration = Histogram(
+            "surety_uncertainty_duration_seconds",
+            "Time of one batched Mahalanobis + SDM evaluation.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.uncertainty_batch_size = Histogram(
+            "surety_uncertainty_batch_size",
+            "Rows in each batched uncertainty evaluation.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         ProcessCollector(registry=r)
+
+    def for_uncertainty_batcher(self, model: str) -> BatchMetrics:
+        """The labelled children a model's uncertainty batcher records into."""
+        return BatchMetrics(
+            self.uncertainty_queue_duration.labels(model=model),
+            self.uncertainty_duration.labels(model=model),
+            self.uncertainty_batch_size.labels(model=model),
+        )
 
     def for_batcher(self, model: str) -> BatchMetrics:
         """The labelled children a model's batcher records into."""

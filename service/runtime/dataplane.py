@@ -6,7 +6,6 @@ front-end would call the same methods.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
@@ -54,6 +53,7 @@ class DataPlane:
         self.settings = settings
         self._metrics = metrics
         self._batchers: dict[tuple[str, int], Batcher] = {}
+        self._uncertainty_batchers: dict[tuple[str, int], Batcher] = {}
         self._labels: dict[str, np.ndarray] = {}
         for entry in entries.values():
             self._record_readiness(entry)
@@ -67,6 +67,17 @@ class DataPlane:
                     metrics=metrics.for_batcher(entry.name),
                     pad=pad_values(version.decoders),
                 )
+                if version.uncertainty is not None:
+                    # Requests answered by one ORT batch reach here together; evaluating them
+                    # as one batch shares the per-call cost of the kNN search and softmaxes.
+                    self._uncertainty_batchers[entry.name, version.version] = Batcher(
+                        f"{entry.name}:uncertainty",
+                        version.uncertainty.evaluate,
+                        executor,
+                        slots=settings.workers(),
+                        policy=_policy(version.config, settings.batching),
+                        metrics=metrics.for_uncertainty_batcher(entry.name),
+                    )
             if entry.config is not None:
                 self._labels[entry.name] = np.array(
                     [label.encode() for label in entry.config.labels], dtype=object
@@ -81,12 +92,12 @@ class DataPlane:
 
     async def start(self) -> None:
         """Start the batchers (inside the event loop)."""
-        for batcher in self._batchers.values():
+        for batcher in (*self._batchers.values(), *self._uncertainty_batchers.values()):
             batcher.start()
 
     async def stop(self) -> None:
         """Let running batches finish, then stop the batchers."""
-        for batcher in self._batchers.values():
+        for batcher in (*self._batchers.values(), *self._uncertainty_batchers.values()):
             await batcher.stop()
 
     # -- server ------------------------------------------------------------------------------
@@ -195,9 +206,10 @@ class DataPlane:
             "predicted_label": Tensor("predicted_label", "BYTES", self._labels[model][index]),
         }
         if estimators is not None:
-            # kNN search and two small softmax runs: off the event loop, like the model run.
-            loop = asyncio.get_running_loop()
-            values = await loop.run_in_executor(self._executor, estimators.evaluate, outputs)
+            wanted = (*estimators.taps, estimators.logits)
+            values = await self._uncertainty_batchers[target.model, target.version].submit(
+                {name: outputs[name] for name in wanted}, len(index)
+            )
             self._record_uncertainty(model, values)
             for name, datatype in UNCERTAINTY_OUTPUTS.items():
                 computed[name] = Tensor(name, datatype, values[name])

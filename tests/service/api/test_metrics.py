@@ -48,13 +48,15 @@ def test_metrics_move_after_requests(client, images):
 
 
 def test_histogram_buckets_start_at_half_a_millisecond(client):
+    assert client.get("/v2/health/live").status_code == 200
     text = client.get("/metrics").text
     assert 'surety_request_duration_seconds_bucket{endpoint="live",le="0.0005",model=""}' in text
 
 
 def test_unknown_models_share_one_label(client):
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
     for name in ("a1", "b2", "c3"):
-        client.post(f"/v2/models/{name}/infer", json={})
+        assert client.post(f"/v2/models/{name}/infer", json=body).status_code == 404
     samples = scrape(client)
     models = {dict(labels).get("model") for (name, labels) in samples if "requests" in name}
     assert not {"a1", "b2", "c3"} & models

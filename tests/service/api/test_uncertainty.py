@@ -123,3 +123,25 @@ def test_broken_artifacts_fail_the_version_with_the_file_named(repository, tmp_p
     entry = load_repository(tmp_path, 1)["digits"]
     assert not entry.versions
     assert "sdm.npz" in entry.failures["1"]
+
+
+def test_concurrent_requests_each_get_their_own_rows(server, direct, repository, images):
+    """Requests evaluated together in one uncertainty batch are split back in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    entry = repository / "digits"
+    estimators = load_uncertainty(entry / "1", load_config(entry / "config.yaml"), direct)
+    assert estimators is not None
+
+    def ask(i: int) -> tuple[int, dict[str, Any]]:
+        batch = images[i : i + 1 + i % 3]
+        with httpx.Client(base_url=server, timeout=30) as http:
+            body = http.post("/v2/models/digits/uncertainty", json=image_request(batch)).json()
+        return i, outputs(body)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(32)))
+    for i, out in answers:
+        expected = estimators.evaluate(run_direct(direct, images[i : i + 1 + i % 3]))
+        for name in ("mahalanobis_score", "sdm_q", "sdm_reliable"):
+            np.testing.assert_allclose(array(out[name]), expected[name], rtol=1e-5, atol=1e-6)

@@ -196,3 +196,26 @@ def test_artifact_round_trip(rng: np.random.Generator, tmp_path: Path) -> None:
     np.savez(tmp_path / "sdm.npz", psi=np.zeros(3))
     with pytest.raises(ArtifactError, match=r"sdm\.npz: array 'support_features' missing"):
         SDM.load(tmp_path, softmax=numpy_scaled_softmax)
+
+
+@pytest.mark.parametrize("k", [1, 5, 40, 1000])
+def test_served_similarity_equals_the_sorted_neighbour_run(
+    rng: np.random.Generator, k: int
+) -> None:
+    # Coarse integer features make many exact distance ties; duplicated rows make more.
+    support = rng.integers(0, 3, size=(60, 2)).astype(np.float64)
+    labels = rng.integers(0, 2, size=60)
+    predictions = np.where(rng.random(60) < 0.8, labels, 1 - labels)
+    queries = np.vstack([rng.integers(0, 3, size=(40, 2)).astype(np.float64), support[:5]])
+    query_predictions = rng.integers(0, 2, size=len(queries))
+    sdm = SDM(
+        tap="h", alpha=0.9, k=k,
+        support_features=support.astype(np.float32),
+        support_labels=labels, support_predictions=predictions,
+        distance_tables=[], q_prime_tables=[], q_prime_min=math.inf,
+        psi=np.full(2, math.inf), softmax=numpy_scaled_softmax,
+    )  # fmt: skip
+    q, nearest = sdm.similarity(queries, query_predictions)
+    indices, distances = nearest_neighbours(support, queries, k)
+    np.testing.assert_array_equal(q, similarity_q(indices, labels, predictions, query_predictions))
+    np.testing.assert_allclose(nearest, distances[:, 0], atol=1e-9)
