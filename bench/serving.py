@@ -133,7 +133,8 @@ def server_counters(port: int) -> tuple[float, float, float]:
                             "surety_batch_size_count"), 0.0)  # fmt: skip
     for line in text.splitlines():
         name = line.split("{")[0].split(" ")[0]
-        if name in values:
+        # The repository may hold other models: batch figures are the benchmarked model's.
+        if name in values and (name.startswith("process") or f'model="{MODEL}"' in line):
             values[name] = float(line.rsplit(" ", 1)[1])
     return (values["process_cpu_seconds_total"], values["surety_batch_size_sum"],
             values["surety_batch_size_count"])  # fmt: skip
