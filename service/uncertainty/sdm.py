@@ -129,6 +129,22 @@ def high_reliability_region(
     return none
 
 
+def _padded(
+    tables: Sequence[NDArray[np.float64]],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-class tables as one [C, L] array padded with +inf, and their sizes.
+
+    Counting `grid < x` (or `<=`) along L is then the per-class eCDF count for every class and
+    query in one vectorised comparison: the +inf padding never counts. The tables are short
+    (the calibration points of one class), so this beats C binary searches per request.
+    """
+    width = max((len(t) for t in tables), default=0)
+    grid = np.full((len(tables), width), np.inf)
+    for c, table in enumerate(tables):
+        grid[c, : len(table)] = table
+    return grid, np.array([len(t) for t in tables], dtype=np.float64)
+
+
 def _ragged(tables: Sequence[NDArray[np.float64]]) -> tuple[NDArray[Any], NDArray[np.int64]]:
     """Per-class sorted tables as one array + offsets [C+1] (npz holds no ragged arrays)."""
     offsets = np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int64)
@@ -249,10 +265,20 @@ class SDM:
             nearest[start : start + len(x)] = np.sqrt(sq.min(axis=1))
         return q, nearest
 
+    @cached_property
+    def _distance_grid(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        return _padded(self.distance_tables)
+
+    @cached_property
+    def _q_prime_grid(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        return _padded(self.q_prime_tables)
+
     def distance(self, d_nearest: NDArray[np.float64]) -> NDArray[np.float64]:
-        """d = min_c [1 − eCDF_c(d₁)]."""
-        quantiles = np.stack([1.0 - ecdf_below(t, d_nearest) for t in self.distance_tables])
-        return np.asarray(quantiles.min(axis=0), dtype=np.float64)
+        """d = min_c [1 − eCDF_c(d₁)], with eCDF_c(x) = #{stored < x}/n_c (0 for no table)."""
+        grid, sizes = self._distance_grid
+        below = (grid[None, :, :] < np.asarray(d_nearest)[:, None, None]).sum(axis=2)
+        quantiles = 1.0 - below / np.maximum(sizes, 1.0)[None, :]
+        return np.asarray(quantiles.min(axis=1), dtype=np.float64)
 
     def activation(
         self, logits: FloatArray, q: NDArray[np.integer], d: NDArray[np.floating]
@@ -270,9 +296,8 @@ class SDM:
         d = self.distance(d_nearest)
         sdm = self.activation(logits, q, d)
         q_prime = rescaled_q(q, sdm[rows, predictions])
-        n_hat = np.stack(
-            [np.searchsorted(t, q_prime, side="right") for t in self.q_prime_tables]
-        ).min(axis=0)
+        q_grid, _ = self._q_prime_grid
+        n_hat = (q_grid[None, :, :] <= q_prime[:, None, None]).sum(axis=2).min(axis=1)
         d_lower = np.maximum(d - dkw_epsilon(n_hat, self.alpha), 0.0)
         sdm_lower = self.activation(logits, q, d_lower)
         p_lower = sdm_lower[rows, predictions]

@@ -11,6 +11,7 @@ import pytest
 from service.uncertainty import SDM, ArtifactError, FeatureSet
 from service.uncertainty.sdm import (
     dkw_epsilon,
+    ecdf_below,
     high_reliability_region,
     nearest_neighbours,
     rescaled_q,
@@ -219,3 +220,17 @@ def test_served_similarity_equals_the_sorted_neighbour_run(
     indices, distances = nearest_neighbours(support, queries, k)
     np.testing.assert_array_equal(q, similarity_q(indices, labels, predictions, query_predictions))
     np.testing.assert_allclose(nearest, distances[:, 0], atol=1e-9)
+
+
+def test_vectorised_ecdf_counts_equal_per_class_binary_searches(rng: np.random.Generator) -> None:
+    tables = [np.sort(rng.integers(0, 6, size=n).astype(float)) for n in (0, 1, 5, 12)]
+    sdm = SDM(
+        tap="h", alpha=0.9, k=10,
+        support_features=np.zeros((1, 1), np.float32),
+        support_labels=np.zeros(1, np.int64), support_predictions=np.zeros(1, np.int64),
+        distance_tables=tables, q_prime_tables=tables, q_prime_min=math.inf,
+        psi=np.full(4, math.inf), softmax=numpy_scaled_softmax,
+    )  # fmt: skip
+    x = np.array([-1.0, 0.0, 2.0, 2.5, 5.0, 9.0])  # ties with stored values included
+    expected = np.stack([1.0 - ecdf_below(t, x) for t in tables]).min(axis=0)
+    np.testing.assert_array_equal(sdm.distance(x), expected)
