@@ -30,11 +30,13 @@ from service.runtime.repository import ModelEntry, ModelVersion
 from service.runtime.session import Feeds
 from service.runtime.types import InferRequest, InferResponse, Parameters, Tensor
 from service.settings import Settings
-from service.uncertainty.served import UNCERTAINTY_OUTPUTS
+from service.uncertainty.served import UNCERTAINTY_OUTPUTS, ServedUncertainty
 
 SERVER_NAME = "surety"
 #: Advertised in the server metadata; judge joins when it exists.
 EXTENSIONS = ("binary_tensor_data", "score", "uncertainty")
+#: Largest request whose uncertainty is evaluated inline when it is its model's only one.
+INLINE_UNCERTAINTY_ROWS = 4
 SCORE_OUTPUTS = ("probabilities", "predicted_index", "predicted_label")
 
 
@@ -54,6 +56,7 @@ class DataPlane:
         self._metrics = metrics
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._uncertainty_batchers: dict[tuple[str, int], Batcher] = {}
+        self._active: dict[str, int] = {}  # requests in flight per model, as the gauge shows
         self._labels: dict[str, np.ndarray] = {}
         for entry in entries.values():
             self._record_readiness(entry)
@@ -198,21 +201,18 @@ class DataPlane:
         selected = _select(model, available, request)
         with self._inflight(model):
             outputs, notes = await self._run(target, request, scale=1.0 / temperature)
-        probabilities = outputs[classifier.probabilities]
-        index = probabilities.argmax(axis=-1).astype(np.int64)
-        computed = {
-            "probabilities": Tensor("probabilities", "FP32", probabilities),
-            "predicted_index": Tensor("predicted_index", "INT64", index),
-            "predicted_label": Tensor("predicted_label", "BYTES", self._labels[model][index]),
-        }
-        if estimators is not None:
-            wanted = (*estimators.taps, estimators.logits)
-            values = await self._uncertainty_batchers[target.model, target.version].submit(
-                {name: outputs[name] for name in wanted}, len(index)
-            )
-            self._record_uncertainty(model, values)
-            for name, datatype in UNCERTAINTY_OUTPUTS.items():
-                computed[name] = Tensor(name, datatype, values[name])
+            probabilities = outputs[classifier.probabilities]
+            index = probabilities.argmax(axis=-1).astype(np.int64)
+            computed = {
+                "probabilities": Tensor("probabilities", "FP32", probabilities),
+                "predicted_index": Tensor("predicted_index", "INT64", index),
+                "predicted_label": Tensor("predicted_label", "BYTES", self._labels[model][index]),
+            }
+            if estimators is not None:
+                values = await self._evaluate_uncertainty(target, estimators, outputs, len(index))
+                self._record_uncertainty(model, values)
+                for name, datatype in UNCERTAINTY_OUTPUTS.items():
+                    computed[name] = Tensor(name, datatype, values[name])
         return InferResponse(
             model,
             str(target.version),
@@ -220,6 +220,17 @@ class DataPlane:
             request.id,
             {"temperature": temperature, **notes},
         )
+
+    async def _evaluate_uncertainty(
+        self, target: ModelVersion, estimators: ServedUncertainty, outputs: Feeds, rows: int
+    ) -> Feeds:
+        feeds = {name: outputs[name] for name in (*estimators.taps, estimators.logits)}
+        if self._active[target.model] == 1 and rows <= INLINE_UNCERTAINTY_ROWS:
+            # The only request of this model in flight: evaluated on the event loop (a few
+            # hundred µs), since the hop to the executor and back would cost as much. Under
+            # load, requests of one ORT batch are evaluated together by the batcher instead.
+            return estimators.evaluate(feeds)
+        return await self._uncertainty_batchers[target.model, target.version].submit(feeds, rows)
 
     def _record_uncertainty(self, model: str, values: dict[str, np.ndarray]) -> None:
         self._metrics.ood.labels(model=model).inc(int(np.count_nonzero(values["ood"])))
@@ -242,10 +253,12 @@ class DataPlane:
     def _inflight(self, model: str) -> Iterator[None]:
         gauge = self._metrics.inflight.labels(model=model)
         gauge.inc()
+        self._active[model] = self._active.get(model, 0) + 1
         try:
             yield
         finally:
             gauge.dec()
+            self._active[model] -= 1
 
 
 def _policy(config: ModelConfig, batching: bool) -> BatchPolicy:
