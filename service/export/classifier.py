@@ -47,6 +47,7 @@ from service.export.encoder import (
     load_encoder,
     load_tokenizer,
 )
+from service.models.torch_threads import one_torch_thread
 
 if TYPE_CHECKING:
     import torch
@@ -203,16 +204,8 @@ def _train_head(
     *,
     show_progress: bool,
 ) -> torch.nn.Linear:
-    import torch
-
-    # The matrices are tiny: a second thread only adds synchronisation, which costs seconds
-    # when the cores are shared with other work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         return _fit_head(features, targets, num_classes, config, show_progress=show_progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit_head(

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 import kernels
+from service.models.torch_threads import one_torch_thread
 from service.uncertainty.calibrate import CalibrationOptions, calibrate_entry, describe
 
 log = logging.getLogger(__name__)
@@ -156,14 +157,8 @@ def load_data() -> DigitsData:
 
 def train(data: DigitsData, epochs: int = EPOCHS, progress: bool = True) -> DigitsCNN:
     """Train the CNN with Adam on the training split; deterministic for a given seed."""
-    # One thread: the batches are tiny, and on a shared machine torch's intra-op threads wait
-    # on each other (measured ~14× slower with 2 threads on 2 busy cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         return _train(data, epochs, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(data: DigitsData, epochs: int, progress: bool) -> DigitsCNN:
