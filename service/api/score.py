@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.responses import ERROR_RESPONSES, inference_response, read_request
+from service.api.inference import handle_inference
+from service.api.responses import ERROR_RESPONSES
 from service.deps import DataPlaneDep
 from service.protocol.schemas import InferenceResponse
 
@@ -23,6 +24,4 @@ async def score(
 
     Request parameter ``temperature`` (> 0) divides the logits inside the fused softmax.
     """
-    infer_request = await read_request(request, plane.settings.max_request_bytes)
-    result = await plane.score(model, version, infer_request)
-    return inference_response(result, infer_request)
+    return await handle_inference(request, plane, plane.score, model, version)
