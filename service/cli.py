@@ -44,9 +44,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """Serve the model repository with uvicorn (one process; scale out with replicas)."""
-    import uvicorn
-
-    from service.main import create_app
+    from service.server import build_server
     from service.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -61,13 +59,7 @@ def serve(args: argparse.Namespace) -> int:
     }
     settings = Settings(**overrides)
     logging.getLogger().setLevel(settings.log_level.upper())
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-    )
+    build_server(settings).run()
     return 0
 
 

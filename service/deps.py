@@ -1,4 +1,4 @@
-"""Typed dependencies: route signatures read like plain parameters.
+"""Typed dependencies and path parameters: route signatures read like plain parameters.
 
 They are ``async`` on purpose: FastAPI runs sync dependencies in its thread pool, a thread hop
 per dependency per request.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from service.metrics import Metrics
 from service.runtime.dataplane import DataPlane
@@ -28,3 +28,9 @@ async def get_metrics(request: Request) -> Metrics:
 
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+#: Path parameters, documented once; the examples name the default model.
+ModelName = Annotated[str, Path(description="a model of the repository", examples=["digits"])]
+Version = Annotated[
+    int, Path(description="a version of the model (its folder's number)", examples=[1])
+]

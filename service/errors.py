@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,27 @@ class RequestTooLargeError(SuretyError):
 
 
 class QueueFullError(SuretyError):
-    """The model's batching queue holds its maximum number of requests."""
+    """The model's queue cannot take the request: full, or it would not finish in time."""
+
+
+class ServerBusyError(SuretyError):
+    """Uploads already buffered fill the server's budget for request bodies."""
+
+
+class DrainingError(SuretyError):
+    """The server is shutting down and no longer takes (or finishes) this request."""
+
+
+class RequestTimeoutError(SuretyError):
+    """The request body did not arrive within the body timeout."""
+
+
+class DeadlineExceededError(SuretyError):
+    """The request's deadline passed before it could be answered."""
+
+
+class ClientDisconnectedError(SuretyError):
+    """The client went away before its request was read or answered (nobody sees the answer)."""
 
 
 class InferenceFailedError(SuretyError):
@@ -75,9 +95,16 @@ ERRORS: dict[type[Exception], ErrorSpec] = {
     ModelNotFoundError: ErrorSpec(404),
     NotCalibratedError: ErrorSpec(409),
     RequestTooLargeError: ErrorSpec(413, reject_reason="too_large"),
+    RequestTimeoutError: ErrorSpec(408),
     QueueFullError: ErrorSpec(429, retry_after=True, reject_reason="queue_full"),
+    ServerBusyError: ErrorSpec(503, retry_after=True, reject_reason="uploads_full"),
+    DrainingError: ErrorSpec(503, retry_after=True, reject_reason="draining"),
     ModelNotReadyError: ErrorSpec(503, retry_after=True, reject_reason="not_ready"),
     ServerNotReadyError: ErrorSpec(503, retry_after=True),
+    DeadlineExceededError: ErrorSpec(504, reject_reason="deadline"),
+    # nginx's "client closed request": counted as its own outcome, never logged as a failure.
+    ClientDisconnectedError: ErrorSpec(499),
+    ClientDisconnect: ErrorSpec(499),
     InferenceFailedError: ErrorSpec(500),
 }
 INTERNAL = ErrorSpec(500)
@@ -118,7 +145,7 @@ def message_for(exc: Exception, spec: ErrorSpec) -> str:
 def handle_error(request: Request, exc: Exception, retry_after_s: int) -> Response:
     """Build the ``{"error": ...}`` response for any exception raised while serving a request."""
     spec = spec_for(exc)
-    if spec.status >= 500 and spec.retry_after is False:
+    if spec.status == 500:  # a fault of ours; refusals (503, 504) are expected under load
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     headers = {"Retry-After": str(retry_after_s)} if spec.retry_after else None
     body = orjson.dumps({"error": message_for(exc, spec)})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
@@ -15,7 +14,10 @@ from threadpoolctl import threadpool_limits
 from service import __version__
 from service.api import ROUTERS
 from service.api.middleware import RequestMiddleware
+from service.api.openapi import SuretyAPI, serve_docs
 from service.api.responses import OrjsonResponse
+from service.api.security import UnauthorizedError, guards, unauthorized_response
+from service.api.uploads import UploadBudget
 from service.errors import ERRORS, handle_error, spec_for
 from service.metrics import Metrics
 from service.runtime.dataplane import DataPlane
@@ -27,25 +29,33 @@ class State(TypedDict):
     """Lifespan state, handed to every request as ``request.state``."""
 
     dataplane: DataPlane
+    uploads: UploadBudget
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the model repository loads when the app starts (its lifespan)."""
     settings = settings or Settings()
-    metrics = Metrics()
-    app = FastAPI(
+    metrics = Metrics(longest_request_s=settings.max_timeout_ms / 1e3)
+    app = SuretyAPI(
         title="Surety",
         version=__version__,
         summary="Open Inference Protocol v2 serving of ONNX models, with the ai.surety kernels",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        # FastAPI's pages load Swagger UI and ReDoc from CDNs; serve_docs serves it locally.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    for router in ROUTERS:
-        app.include_router(router)
+    access_guards = guards(settings)
+    for router, access in ROUTERS:
+        guard = access_guards[access]
+        app.include_router(router, dependencies=guard.dependencies, responses=guard.responses)
+    serve_docs(app)
     for exc_type in (*ERRORS, HTTPException, Exception):
         app.add_exception_handler(exc_type, _error_response)
+    app.add_exception_handler(UnauthorizedError, unauthorized_response)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     return app
 
@@ -60,15 +70,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[State]:
     entries = await asyncio.to_thread(
         load_repository, settings.model_repository, settings.intra_op_threads
     )
-    # Inference threads bounded by the cores: FastAPI's 40-thread pool never runs ORT.
-    executor = ThreadPoolExecutor(settings.workers(), thread_name_prefix="surety-infer")
-    plane = DataPlane(entries, executor, settings, app.state.metrics)
+    plane = DataPlane(entries, settings, app.state.metrics)
     await plane.start()
+    # The server's signal handling drains and closes the data plane (service.server).
+    app.state.dataplane = plane
     try:
-        yield {"dataplane": plane}
+        yield {"dataplane": plane, "uploads": UploadBudget(settings.max_buffered_bytes)}
     finally:
         await plane.stop()
-        executor.shutdown(wait=True)
         blas_limits.restore_original_limits()
 
 

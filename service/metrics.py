@@ -17,7 +17,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-#: Seconds, from 0.5 ms: small CPU models answer in a few milliseconds.
+#: Seconds, from 0.5 ms: small CPU models answer in a few milliseconds. `latency_buckets`
+#: extends them past the longest deadline a request may have.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
@@ -41,6 +42,15 @@ MAHALANOBIS_BUCKETS = (
 )
 
 
+def latency_buckets(longest_s: float) -> tuple[float, ...]:
+    """LATENCY_BUCKETS, doubled onwards until one bucket lies past ``longest_s``: a request
+    that runs to its deadline is still told apart from one that ran longer."""
+    buckets = list(LATENCY_BUCKETS)
+    while buckets[-1] <= longest_s:
+        buckets.append(buckets[-1] * 2)
+    return tuple(buckets)
+
+
 @dataclass(frozen=True)
 class BatchMetrics:
     """The per-model children that a batcher records into."""
@@ -53,9 +63,10 @@ class BatchMetrics:
 class Metrics:
     """The service's metrics on a private registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, longest_request_s: float = LATENCY_BUCKETS[-1]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        latency = latency_buckets(longest_request_s)
         self.requests = Counter(
             "surety_requests", "HTTP requests answered.", ["endpoint", "model", "code"], registry=r
         )
@@ -63,14 +74,14 @@ class Metrics:
             "surety_request_duration_seconds",
             "Time from request start to the response's last byte.",
             ["endpoint", "model"],
-            buckets=LATENCY_BUCKETS,
+            buckets=latency,
             registry=r,
         )
         self.queue_duration = Histogram(
             "surety_queue_duration_seconds",
             "Time a request waited in its model's batching queue.",
             ["model"],
-            buckets=LATENCY_BUCKETS,
+            buckets=latency,
             registry=r,
         )
         self.inference_duration = Histogram(

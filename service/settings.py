@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PositiveInt, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
@@ -55,8 +55,69 @@ class Settings(BaseSettings):
         description="concurrent ORT runs in the process; default cores // intra_op_threads",
     )
 
+    # -- bounded work per request ---------------------------------------------------------
+    max_request_elements: PositiveInt = Field(
+        default=1 << 22,
+        description="tensor elements (numbers or strings) across a request's inputs; more is a 400",
+    )
+    max_request_tensors: PositiveInt = Field(
+        default=64, description="entries in a request's inputs (and in its outputs); more is a 400"
+    )
+
+    # -- deadlines --------------------------------------------------------------------------
+    max_timeout_ms: PositiveInt = Field(
+        default=60_000,
+        description="the longest deadline a request may ask for (timeout_ms, Request-Timeout)",
+    )
+
+    # -- connections ------------------------------------------------------------------------
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a request head must arrive within this; else closed"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="a request body must arrive within this; else 408"
+    )
+    max_buffered_bytes: PositiveInt = Field(
+        default=64 * 1024 * 1024,
+        description="request bytes buffered at once across all uploads; beyond it 503",
+    )
+
+    # -- drain ------------------------------------------------------------------------------
+    drain_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="after SIGTERM: readiness 503 while serving on, so load balancers move away",
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="after SIGTERM: the hard bound; unfinished requests then get 503, exit 0",
+    )
+
     def workers(self) -> int:
         """The number of threads that run ORT sessions, bounded by the available cores."""
         if self.inference_workers is not None:
             return self.inference_workers
         return max(1, available_cores() // self.intra_op_threads)
+
+    # -- API keys ---------------------------------------------------------------------------
+    # NoDecode: the variable is a plain comma-separated list, not the JSON pydantic-settings
+    # expects of list fields. SecretStr keeps the keys out of reprs and logs.
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(),
+        description="comma-separated keys; with these or api_keys_file set, requests need a key",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="a file of SHA-256 hex digests of keys, one per line, '#' starts a comment",
+    )
+    metrics_require_key: bool = Field(
+        default=False, description="/metrics needs a key too (scrapers often have none)"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value

@@ -1,14 +1,16 @@
-"""The HTTP transport: one router per resource, listed once here."""
+"""The HTTP transport: one router per resource, listed once here with who may call it."""
 
 from fastapi import APIRouter
 
 from service.api import health, infer, metrics, models, score, uncertainty
+from service.api.security import Access
 
-ROUTERS: tuple[APIRouter, ...] = (
-    health.router,
-    models.router,
-    infer.router,
-    score.router,
-    uncertainty.router,
-    metrics.router,
+ROUTERS: tuple[tuple[APIRouter, Access], ...] = (
+    (health.probes, Access.OPEN),
+    (health.router, Access.KEY),
+    (models.router, Access.KEY),
+    (infer.router, Access.KEY),
+    (score.router, Access.KEY),
+    (uncertainty.router, Access.KEY),
+    (metrics.router, Access.METRICS),
 )

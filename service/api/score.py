@@ -5,23 +5,38 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from service.api.inference import handle_inference
-from service.api.responses import ERROR_RESPONSES
-from service.deps import DataPlaneDep
+from service.api.responses import INFERENCE_OPENAPI, inference_responses
+from service.deps import DataPlaneDep, ModelName, Version
 from service.protocol.schemas import InferenceResponse
 
-router = APIRouter(prefix="/v2/models/{model}", tags=["extensions"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v2/models/{model}", tags=["extensions"])
+RESPONSES = inference_responses()
 
 
-@router.post("/score", name="score", response_model=InferenceResponse)
-@router.post("/versions/{version}/score", name="score", response_model=InferenceResponse)
-async def score(
-    model: str,
-    request: Request,
-    plane: DataPlaneDep,
-    version: int | None = None,
-) -> Response:
+@router.post(
+    "/score",
+    name="score",
+    response_model=InferenceResponse,
+    responses=RESPONSES,
+    openapi_extra=INFERENCE_OPENAPI,
+)
+async def score(model: ModelName, request: Request, plane: DataPlaneDep) -> Response:
     """The infer body in; outputs probabilities, predicted_index and predicted_label.
 
     Request parameter ``temperature`` (> 0) divides the logits inside the fused softmax.
     """
+    return await handle_inference(request, plane, plane.score, model, None)
+
+
+@router.post(
+    "/versions/{version}/score",
+    name="score",
+    response_model=InferenceResponse,
+    responses=RESPONSES,
+    openapi_extra=INFERENCE_OPENAPI,
+)
+async def score_version(
+    model: ModelName, version: Version, request: Request, plane: DataPlaneDep
+) -> Response:
+    """``score`` on one version of the model."""
     return await handle_inference(request, plane, plane.score, model, version)

@@ -5,23 +5,37 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from service.api.inference import handle_inference
-from service.api.responses import ERROR_RESPONSES
-from service.deps import DataPlaneDep
+from service.api.responses import INFERENCE_OPENAPI, inference_responses
+from service.deps import DataPlaneDep, ModelName, Version
 from service.protocol.schemas import InferenceResponse
 
-router = APIRouter(prefix="/v2/models/{model}", tags=["extensions"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v2/models/{model}", tags=["extensions"])
+#: 409: the model version was never calibrated.
+RESPONSES = inference_responses(409)
 
 
-@router.post("/uncertainty", name="uncertainty", response_model=InferenceResponse)
 @router.post(
-    "/versions/{version}/uncertainty", name="uncertainty", response_model=InferenceResponse
+    "/uncertainty",
+    name="uncertainty",
+    response_model=InferenceResponse,
+    responses=RESPONSES,
+    openapi_extra=INFERENCE_OPENAPI,
 )
-async def uncertainty(
-    model: str,
-    request: Request,
-    plane: DataPlaneDep,
-    version: int | None = None,
-) -> Response:
+async def uncertainty(model: ModelName, request: Request, plane: DataPlaneDep) -> Response:
     """The infer body in; the score outputs plus mahalanobis_score, ood, sdm_probabilities,
     sdm_q, sdm_d, sdm_reliable and sdm_p_lower. 409 if the model was never calibrated."""
+    return await handle_inference(request, plane, plane.uncertainty, model, None)
+
+
+@router.post(
+    "/versions/{version}/uncertainty",
+    name="uncertainty",
+    response_model=InferenceResponse,
+    responses=RESPONSES,
+    openapi_extra=INFERENCE_OPENAPI,
+)
+async def uncertainty_version(
+    model: ModelName, version: Version, request: Request, plane: DataPlaneDep
+) -> Response:
+    """``uncertainty`` on one version of the model."""
     return await handle_inference(request, plane, plane.uncertainty, model, version)

@@ -45,8 +45,9 @@ ORT_TYPES: dict[str, str] = {
     "BYTES": "tensor(string)",
 }
 
-#: numpy kinds accepted in JSON data for each kind of datatype (ints may feed floats).
-JSON_KINDS: dict[str, str] = {"b": "b", "u": "iu", "i": "iu", "f": "iuf", "O": "U"}
+#: numpy kinds accepted in JSON data for each kind of non-BYTES datatype (ints may feed floats);
+#: BYTES data is checked element by element, as numpy turns numbers into strings.
+JSON_KINDS: dict[str, str] = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
 
 
 def datatype_of(array: np.ndarray) -> str:

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.protocol.datatypes import Datatype
 
 ParameterValue = str | int | float | bool
 Parameters = dict[str, ParameterValue]
+
+
+def known(**properties: dict[str, Any]) -> dict[str, Any]:
+    """Schema of the parameters the server reads; any other is accepted and ignored."""
+    return {"properties": properties}
+
+
+POSITIVE: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0}
+FLAG: dict[str, Any] = {"type": "boolean"}
+#: The default model's input, all zeros: the documented example of a request.
+EXAMPLE_REQUEST: dict[str, Any] = {
+    "inputs": [{"name": "image", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]
+}
 
 
 class RequestInput(BaseModel):
@@ -18,7 +31,16 @@ class RequestInput(BaseModel):
     name: str = Field(min_length=1)
     shape: list[int] = Field(min_length=0)
     datatype: Datatype
-    parameters: Parameters = Field(default_factory=dict)
+    parameters: Parameters = Field(
+        default_factory=dict,
+        json_schema_extra=known(
+            binary_data_size={
+                "type": "integer",
+                "minimum": 0,
+                "description": "binary: its bytes in the body",
+            }
+        ),
+    )
     data: list[Any] | None = None
 
 
@@ -26,14 +48,23 @@ class RequestOutput(BaseModel):
     """``$request_output``: ``parameters.binary_data`` asks for the binary extension."""
 
     name: str = Field(min_length=1)
-    parameters: Parameters = Field(default_factory=dict)
+    parameters: Parameters = Field(default_factory=dict, json_schema_extra=known(binary_data=FLAG))
 
 
 class InferenceRequest(BaseModel):
     """``$inference_request``."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_REQUEST]})
+
     id: str | None = None
-    parameters: Parameters = Field(default_factory=dict)
+    parameters: Parameters = Field(
+        default_factory=dict,
+        json_schema_extra=known(
+            binary_data_output={**FLAG, "description": "every output in binary"},
+            temperature={**POSITIVE, "description": "score, uncertainty: logits / temperature"},
+            timeout_ms={**POSITIVE, "description": "deadline in ms after arrival, else 504"},
+        ),
+    )
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
 

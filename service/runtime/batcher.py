@@ -15,6 +15,12 @@ it in length join first. The oldest request always runs next, so none starves.
 ``max_queue_delay`` is the longest a request waits for company; like Triton's it bounds the added
 latency, but the wait happens only while another batch of the model is running: a lone request on
 an idle model runs at once, so batching costs nothing at low load.
+
+Admission: the queue takes a request only if the work queued ahead of it can finish before its
+deadline. The batcher measures its own rate (rows per second of one execution slot, a moving
+average over recent batches), so the queue bound follows the model, the machine and the batch
+sizes that load produces, instead of a fixed count (``max_queue_size`` stays as a memory ceiling).
+A request whose deadline passes while it waits leaves the queue at once (504) and never runs.
 """
 
 from __future__ import annotations
@@ -31,7 +37,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import InferenceFailedError, QueueFullError
+from service.errors import (
+    DeadlineExceededError,
+    DrainingError,
+    InferenceFailedError,
+    QueueFullError,
+)
 from service.metrics import BatchMetrics
 from service.runtime.session import Feeds
 
@@ -55,14 +66,19 @@ def sequence_length(feeds: Feeds, padded: Collection[str]) -> int:
     return max((a.shape[1] for n, a in feeds.items() if n in padded), default=0)
 
 
-@dataclass
+#: Weight of the newest batch in the rate estimate: about the last ten batches count.
+RATE_SMOOTHING = 0.2
+
+
+@dataclass(eq=False)
 class _Pending:
     feeds: Feeds
     rows: int
     signature: Signature
     length: int
     future: asyncio.Future[Feeds]
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued: float = field(default_factory=time.monotonic)
+    taken: bool = False  # left the queue: into a batch, or dropped as done
 
 
 @dataclass(frozen=True)
@@ -96,8 +112,13 @@ class Batcher:
         self._policy = policy
         self._metrics = metrics
         self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0  # rows of the queued requests whose futures are not done
+        self._slot_count = slots
         self._slots = asyncio.Semaphore(slots)
         self._running = 0
+        self._executing: set[_Pending] = set()
+        #: Rows per second of one slot, measured; None until the first batch finishes.
+        self._rows_per_s: float | None = None
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
@@ -114,28 +135,66 @@ class Batcher:
                 await self._worker
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for pending in self._queue:
-            pending.future.cancel()
-        self._queue.clear()
+        self.fail_all(DrainingError(f"model '{self.name}' stopped: the server is shutting down"))
 
-    async def submit(self, feeds: Feeds, rows: int) -> Feeds:
-        """Queue validated feeds of ``rows`` rows and wait for their outputs."""
+    def fail_all(self, exc: Exception) -> None:
+        """Answer every queued and running request with ``exc`` (the shutdown bound)."""
+        for pending in (*self._queue, *self._executing):
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+        self._queue.clear()
+        self._queued_rows = 0
+
+    def expected_wait(self, rows: int) -> float:
+        """Seconds until ``rows`` more rows would be answered, at the measured rate."""
+        if self._rows_per_s is None:
+            return 0.0
+        return (self._queued_rows + rows) / (self._rows_per_s * self._slot_count)
+
+    def admit(self, rows: int, remaining: float | None) -> None:
+        """Raise QueueFullError unless ``rows`` more rows can finish within ``remaining`` s
+        (DeadlineExceededError if no time remains)."""
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError(f"the deadline passed before model '{self.name}' ran")
         if len(self._queue) >= self._policy.max_queue_size:
             raise QueueFullError(
                 f"model '{self.name}' has {len(self._queue)} requests queued; retry later"
             )
-        future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
-        self._queue.append(
-            _Pending(
-                feeds,
-                rows,
-                signature(feeds, self._pad),
-                sequence_length(feeds, self._pad),
-                future,
+        wait = self.expected_wait(rows)
+        if remaining is not None and wait > remaining:
+            raise QueueFullError(
+                f"model '{self.name}' is busy: the queued work takes about {wait * 1e3:.0f} ms, "
+                f"longer than the request's {remaining * 1e3:.0f} ms deadline; retry later"
             )
+
+    async def submit(self, feeds: Feeds, rows: int, deadline: float | None = None) -> Feeds:
+        """Queue validated feeds of ``rows`` rows and wait for their outputs.
+
+        ``deadline`` (``time.monotonic()`` seconds) is when the client stops waiting: the
+        request is refused if the queue cannot finish it by then, and leaves the queue (504)
+        if it is still there when the deadline passes.
+        """
+        remaining = None if deadline is None else deadline - time.monotonic()
+        self.admit(rows, remaining)
+        future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
+        pending = _Pending(
+            feeds, rows, signature(feeds, self._pad), sequence_length(feeds, self._pad), future
         )
+        self._queue.append(pending)
+        self._queued_rows += rows
         self._wakeup.set()
-        return await future
+        try:
+            async with asyncio.timeout(remaining):
+                return await future
+        except TimeoutError:
+            # The timeout cancelled the future: _take drops it from the queue unrun. Only the
+            # worker changes the queue itself (it may be lingering on the queue's head).
+            if not pending.taken:
+                self._queued_rows -= rows
+            waited = (time.monotonic() - pending.enqueued) * 1e3
+            raise DeadlineExceededError(
+                f"the deadline passed after {waited:.0f} ms waiting for model '{self.name}'"
+            ) from None
 
     async def _work(self) -> None:
         while True:
@@ -166,8 +225,8 @@ class Batcher:
 
     async def _linger(self) -> None:
         deadline = self._queue[0].enqueued + self._policy.max_queue_delay_s
-        while sum(p.rows for p in self._queue) < self._policy.max_batch_size:
-            remaining = deadline - time.perf_counter()
+        while self._queued_rows < self._policy.max_batch_size:
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             self._wakeup.clear()
@@ -176,18 +235,28 @@ class Batcher:
 
     def _take(self) -> list[_Pending]:
         """The oldest request and the queued ones that fit with it: same signature, at most
-        max_batch_size rows, lengths within max_length_ratio; nearest in length first (arrival
-        order among equal lengths, which is every request of a model without sequences)."""
-        live = [p for p in self._queue if not p.future.done()]  # done: the client went away
+        max_batch_size rows, lengths within max_length_ratio; nearest in length first for
+        models with sequences, arrival order otherwise."""
+        live = []
+        for pending in self._queue:
+            if pending.future.done():  # its deadline passed, or the server is shutting down
+                pending.taken = True
+            else:
+                live.append(pending)
         if not live:
             self._queue.clear()
+            self._queued_rows = 0
             return []
         first, *others = live
         batch = [first]
         if self._policy.merge:
             rows, shortest, longest = first.rows, first.length, first.length
-            anchor = math.log(max(first.length, 1))
-            for pending in sorted(others, key=lambda p: abs(math.log(max(p.length, 1)) - anchor)):
+            if self._pad:
+                anchor = math.log(max(first.length, 1))
+                others.sort(key=lambda p: abs(math.log(max(p.length, 1)) - anchor))
+            for pending in others:
+                if rows == self._policy.max_batch_size:
+                    break
                 low, high = min(shortest, pending.length), max(longest, pending.length)
                 if (
                     pending.signature == first.signature
@@ -196,13 +265,16 @@ class Batcher:
                 ):
                     batch.append(pending)
                     rows, shortest, longest = rows + pending.rows, low, high
-        taken = {id(p) for p in batch}
-        self._queue = deque(p for p in live if id(p) not in taken)
+        for pending in batch:
+            pending.taken = True
+        self._queue = deque(p for p in live if not p.taken)
+        self._queued_rows = sum(p.rows for p in self._queue)
         return batch
 
     async def _execute(self, batch: list[_Pending]) -> None:
+        self._executing.update(batch)
         try:
-            started = time.perf_counter()
+            started = time.monotonic()
             for pending in batch:
                 self._metrics.queue_duration.observe(started - pending.enqueued)
             try:
@@ -226,6 +298,7 @@ class Batcher:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
         finally:
+            self._executing.difference_update(batch)
             self._running -= 1
             self._slots.release()
 
@@ -242,13 +315,19 @@ class Batcher:
     async def _infer(self, feeds: Feeds) -> Feeds:
         loop = asyncio.get_running_loop()
         rows = next(iter(feeds.values())).shape[0]
-        started = time.perf_counter()
+        started = time.monotonic()
         try:
             outputs = await loop.run_in_executor(self._executor, self._run, feeds)
         except Exception as exc:
             log.exception("model '%s': ONNX Runtime failed on a batch of %d rows", self.name, rows)
             raise InferenceFailedError(f"inference failed for model '{self.name}'") from exc
-        self._metrics.inference_duration.observe(time.perf_counter() - started)
+        elapsed = time.monotonic() - started
+        rate = rows / max(elapsed, 1e-6)
+        previous = self._rows_per_s
+        self._rows_per_s = (
+            rate if previous is None else previous + RATE_SMOOTHING * (rate - previous)
+        )
+        self._metrics.inference_duration.observe(elapsed)
         self._metrics.batch_size.observe(rows)
         return outputs
 

@@ -109,7 +109,15 @@ class BatchingSpec(Strict):
 
     max_batch_size: PositiveInt = 32
     max_queue_delay_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
-    max_queue_size: PositiveInt = 256
+    max_queue_size: PositiveInt = Field(
+        default=256,
+        description="a ceiling on queued requests; below it, admission takes a request only if "
+        "the queued work can finish within its deadline",
+    )
+    default_timeout_ms: PositiveInt = Field(
+        default=10_000,
+        description="a request's deadline when it names none (timeout_ms, Request-Timeout)",
+    )
     max_length_ratio: float = Field(
         default=2.0,
         ge=1.0,

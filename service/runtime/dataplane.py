@@ -6,9 +6,11 @@ front-end would call the same methods.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,10 +18,12 @@ import numpy as np
 
 from service import __version__
 from service.errors import (
+    DrainingError,
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
     NotCalibratedError,
+    QueueFullError,
     ServerNotReadyError,
 )
 from service.metrics import Metrics
@@ -37,6 +41,9 @@ SERVER_NAME = "surety"
 EXTENSIONS = ("binary_tensor_data", "score", "uncertainty")
 #: Largest request whose uncertainty is evaluated inline when it is its model's only one.
 INLINE_UNCERTAINTY_ROWS = 4
+#: Requests carrying more input than this (bytes, or characters of text) are decoded and
+#: tokenized in a worker thread: a few hundred microseconds of the event loop at most.
+INLINE_DECODE_BYTES = 16 * 1024
 SCORE_OUTPUTS = ("probabilities", "predicted_index", "predicted_label")
 
 
@@ -44,22 +51,29 @@ class DataPlane:
     """Everything a request needs, behind methods that raise domain errors."""
 
     def __init__(
-        self,
-        entries: dict[str, ModelEntry],
-        executor: Executor,
-        settings: Settings,
-        metrics: Metrics,
+        self, entries: dict[str, ModelEntry], settings: Settings, metrics: Metrics
     ) -> None:
         self.entries = entries
-        self._executor = executor
         self.settings = settings
         self._metrics = metrics
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._uncertainty_batchers: dict[tuple[str, int], Batcher] = {}
         self._active: dict[str, int] = {}  # requests in flight per model, as the gauge shows
         self._labels: dict[str, np.ndarray] = {}
+        #: One inference pool per model, each bounded by the cores: a model with slow batches
+        #: (long texts) cannot hold every thread while a fast model's requests wait behind it;
+        #: the OS shares the cores between the pools.
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+        #: Set on SIGTERM: readiness answers 503 while requests are still served.
+        self.draining = False
+        #: Set at the shutdown bound: every request still unanswered, and any new one, gets 503.
+        self._closed = False
         for entry in entries.values():
             self._record_readiness(entry)
+            executor = ThreadPoolExecutor(
+                settings.workers(), thread_name_prefix=f"surety-{entry.name}"
+            )
+            self._executors[entry.name] = executor
             for version in entry.versions.values():
                 self._batchers[entry.name, version.version] = Batcher(
                     entry.name,
@@ -99,9 +113,19 @@ class DataPlane:
             batcher.start()
 
     async def stop(self) -> None:
-        """Let running batches finish, then stop the batchers."""
+        """Let running batches finish, then stop the batchers and their pools."""
         for batcher in (*self._batchers.values(), *self._uncertainty_batchers.values()):
             await batcher.stop()
+        for executor in self._executors.values():
+            executor.shutdown(wait=True)
+
+    def close(self) -> None:
+        """The shutdown bound: answer everything still queued or running with 503, and refuse
+        what comes next."""
+        self._closed = True
+        error = DrainingError("the server is shutting down; retry on another replica")
+        for batcher in (*self._batchers.values(), *self._uncertainty_batchers.values()):
+            batcher.fail_all(error)
 
     # -- server ------------------------------------------------------------------------------
 
@@ -111,6 +135,8 @@ class DataPlane:
 
     def check_ready(self) -> None:
         """Raise ServerNotReadyError unless every entry loaded (strict) or one model serves."""
+        if self.draining:
+            raise ServerNotReadyError("not ready: the server is shutting down")
         if not self.entries:
             raise ServerNotReadyError("not ready: the model repository holds no models")
         broken = [e for e in self.entries.values() if not e.ready]
@@ -159,30 +185,101 @@ class DataPlane:
             "outputs": [_tensor_metadata(s.name, s.datatype, s.shape) for s in config.outputs],
         }
 
+    # -- admission and deadlines --------------------------------------------------------------
+
+    def timeout_s(self, target: ModelVersion, *asked_s: float | None) -> float:
+        """The request's time budget: the shortest it asked for (the client stops waiting at
+        the first), or the model's default; capped by the server's ``max_timeout_ms``."""
+        given = [value for value in asked_s if value is not None]
+        wanted = min(given) if given else target.config.batching.default_timeout_ms / 1e3
+        return min(wanted, self.settings.max_timeout_ms / 1e3)
+
+    @contextmanager
+    def admitted(
+        self, model: str, version: int | None, timeout_s: float | None, arrived: float
+    ) -> Iterator[None]:
+        """Hold one of the model's in-flight places while the block runs, or refuse the request
+        before its body is read: unknown model (404), not ready or shutting down (503), deadline
+        already past (504), or no room (429).
+
+        Room is twofold. In flight, a model holds at most enough requests to fill every
+        execution slot with a full batch (``in_flight_limit``): more would not raise its
+        throughput, only everyone's latency, since they would wait in the event loop, where
+        health checks and other models wait too. And its queue must be able to finish one more
+        row within the deadline (the body can only shorten ``timeout_s``, so refusing on it is
+        safe; the batcher checks again with the real row count)."""
+        if self._closed:
+            raise DrainingError("the server is shutting down; retry on another replica")
+        target = self.version(model, version)
+        active = self._active.get(model, 0)
+        limit = self.in_flight_limit(target)
+        if active >= limit:
+            raise QueueFullError(
+                f"model '{model}' has {active} requests in flight, its limit; retry later"
+            )
+        remaining = arrived + self.timeout_s(target, timeout_s) - time.monotonic()
+        self._batchers[target.model, target.version].admit(1, remaining)
+        with self._inflight(model):
+            yield
+
+    def in_flight_limit(self, target: ModelVersion) -> int:
+        """Requests of a model served at once: a full batch per execution slot."""
+        return self.settings.workers() * target.config.batching.max_batch_size
+
+    def deadline(
+        self,
+        model: str,
+        version: int | None,
+        request: InferRequest,
+        timeout_s: float | None,
+        arrived: float,
+    ) -> float:
+        """When the client stops waiting (``time.monotonic()``): the earlier of request
+        parameter ``timeout_ms`` and ``timeout_s`` (the header), else the model's default;
+        capped by ``max_timeout_ms``."""
+        value = request.parameters.get("timeout_ms")
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise InvalidInputError("parameter 'timeout_ms' must be a finite number > 0")
+        asked_ms = None if value is None else value / 1e3
+        return arrived + self.timeout_s(self.version(model, version), asked_ms, timeout_s)
+
     # -- inference ---------------------------------------------------------------------------
 
-    async def infer(self, model: str, version: int | None, request: InferRequest) -> InferResponse:
+    async def infer(
+        self, model: str, version: int | None, request: InferRequest, deadline: float
+    ) -> InferResponse:
         """Run the model and return the requested raw outputs (all, by default)."""
         target = self.version(model, version)
         datatypes = {spec.name: spec.datatype for spec in target.config.outputs}
         selected = _select(model, list(datatypes), request)
-        with self._inflight(model):
-            outputs, notes = await self._run(target, request, scale=1.0)
+        outputs, notes = await self._run(target, request, 1.0, deadline)
         tensors = [Tensor(name, datatypes[name], outputs[name]) for name in selected]
         return InferResponse(model, str(target.version), tensors, request.id, notes)
 
-    async def score(self, model: str, version: int | None, request: InferRequest) -> InferResponse:
+    async def score(
+        self, model: str, version: int | None, request: InferRequest, deadline: float
+    ) -> InferResponse:
         """Class probabilities, the argmax and its label; ``temperature`` scales the logits."""
-        return await self._classify(model, version, request, with_uncertainty=False)
+        return await self._classify(model, version, request, deadline, with_uncertainty=False)
 
     async def uncertainty(
-        self, model: str, version: int | None, request: InferRequest
+        self, model: str, version: int | None, request: InferRequest, deadline: float
     ) -> InferResponse:
         """The score outputs plus Mahalanobis OOD and SDM reliability, per request row."""
-        return await self._classify(model, version, request, with_uncertainty=True)
+        return await self._classify(model, version, request, deadline, with_uncertainty=True)
 
     async def _classify(
-        self, model: str, version: int | None, request: InferRequest, with_uncertainty: bool
+        self,
+        model: str,
+        version: int | None,
+        request: InferRequest,
+        deadline: float,
+        with_uncertainty: bool,
     ) -> InferResponse:
         target = self.version(model, version)
         classifier = target.config.classifier
@@ -199,20 +296,21 @@ class DataPlane:
             )
         available = [*SCORE_OUTPUTS, *(UNCERTAINTY_OUTPUTS if with_uncertainty else ())]
         selected = _select(model, available, request)
-        with self._inflight(model):
-            outputs, notes = await self._run(target, request, scale=1.0 / temperature)
-            probabilities = outputs[classifier.probabilities]
-            index = probabilities.argmax(axis=-1).astype(np.int64)
-            computed = {
-                "probabilities": Tensor("probabilities", "FP32", probabilities),
-                "predicted_index": Tensor("predicted_index", "INT64", index),
-                "predicted_label": Tensor("predicted_label", "BYTES", self._labels[model][index]),
-            }
-            if estimators is not None:
-                values = await self._evaluate_uncertainty(target, estimators, outputs, len(index))
-                self._record_uncertainty(model, values)
-                for name, datatype in UNCERTAINTY_OUTPUTS.items():
-                    computed[name] = Tensor(name, datatype, values[name])
+        outputs, notes = await self._run(target, request, 1.0 / temperature, deadline)
+        probabilities = outputs[classifier.probabilities]
+        index = probabilities.argmax(axis=-1).astype(np.int64)
+        computed = {
+            "probabilities": Tensor("probabilities", "FP32", probabilities),
+            "predicted_index": Tensor("predicted_index", "INT64", index),
+            "predicted_label": Tensor("predicted_label", "BYTES", self._labels[model][index]),
+        }
+        if estimators is not None:
+            values = await self._evaluate_uncertainty(
+                target, estimators, outputs, len(index), deadline
+            )
+            self._record_uncertainty(model, values)
+            for name, datatype in UNCERTAINTY_OUTPUTS.items():
+                computed[name] = Tensor(name, datatype, values[name])
         return InferResponse(
             model,
             str(target.version),
@@ -222,15 +320,21 @@ class DataPlane:
         )
 
     async def _evaluate_uncertainty(
-        self, target: ModelVersion, estimators: ServedUncertainty, outputs: Feeds, rows: int
+        self,
+        target: ModelVersion,
+        estimators: ServedUncertainty,
+        outputs: Feeds,
+        rows: int,
+        deadline: float,
     ) -> Feeds:
         feeds = {name: outputs[name] for name in (*estimators.taps, estimators.logits)}
-        if self._active[target.model] == 1 and rows <= INLINE_UNCERTAINTY_ROWS:
+        if self._active.get(target.model, 0) <= 1 and rows <= INLINE_UNCERTAINTY_ROWS:
             # The only request of this model in flight: evaluated on the event loop (a few
             # hundred µs), since the hop to the executor and back would cost as much. Under
             # load, requests of one ORT batch are evaluated together by the batcher instead.
             return estimators.evaluate(feeds)
-        return await self._uncertainty_batchers[target.model, target.version].submit(feeds, rows)
+        batcher = self._uncertainty_batchers[target.model, target.version]
+        return await batcher.submit(feeds, rows, deadline)
 
     def _record_uncertainty(self, model: str, values: dict[str, np.ndarray]) -> None:
         self._metrics.ood.labels(model=model).inc(int(np.count_nonzero(values["ood"])))
@@ -242,11 +346,16 @@ class DataPlane:
             histogram.observe(score)
 
     async def _run(
-        self, target: ModelVersion, request: InferRequest, scale: float
+        self, target: ModelVersion, request: InferRequest, scale: float, deadline: float
     ) -> tuple[Feeds, Parameters]:
         """The model's outputs, and what decoding reports for the response (e.g. truncation)."""
-        feeds, rows, notes = _prepare(target, request, scale)
-        outputs = await self._batchers[target.model, target.version].submit(feeds, rows)
+        if self._closed:
+            raise DrainingError("the server is shutting down; retry on another replica")
+        if _input_size(request) > INLINE_DECODE_BYTES:
+            feeds, rows, notes = await asyncio.to_thread(_prepare, target, request, scale)
+        else:
+            feeds, rows, notes = _prepare(target, request, scale)
+        outputs = await self._batchers[target.model, target.version].submit(feeds, rows, deadline)
         return outputs, notes
 
     @contextmanager
@@ -302,6 +411,15 @@ def _temperature(request: InferRequest) -> float:
     if not math.isfinite(value) or value <= 0:
         raise InvalidInputError("parameter 'temperature' must be a finite number > 0")
     return float(value)
+
+
+def _input_size(request: InferRequest) -> int:
+    """Bytes of input: numeric tensors' buffers, BYTES tensors' strings."""
+    size = 0
+    for tensor in request.inputs:
+        data = tensor.data
+        size += sum(map(len, data.ravel().tolist())) if data.dtype.kind == "O" else data.nbytes
+    return size
 
 
 def _prepare(

@@ -8,6 +8,8 @@ decoder holds that version's tokenizer and never reads tokenizer.json during a r
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,16 @@ from service.runtime.session import Feeds
 from service.runtime.types import Parameters, Tensor
 
 if TYPE_CHECKING:
-    from tokenizers import Tokenizer
+    from tokenizers import Encoding, Tokenizer
+
+#: A text is first tokenized up to this many characters per token of ``max_length`` (prose
+#: runs at 4 to 5 per token), cut at the next cut point: one pass for ordinary text.
+CHARS_PER_TOKEN = 8
+#: How much a text's character budget grows while its cut holds too few tokens.
+BUDGET_GROWTH = 4
+#: Characters below this code point (the Basic Multilingual Plane) are tested as cut points;
+#: the others are never cut at, which is always safe, and testing them would slow loading.
+CUT_PROBE_END = 0x10000
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,8 @@ class TextDecoder:
     Tokenized with the version's ``tokenizer.json`` (loaded here, once), truncated at
     ``max_length`` tokens and padded to the request's longest text; the batcher pads further
     when it merges requests. Truncated rows are reported as ``truncated`` (how many) and
-    ``truncated_rows`` (their indices, comma-separated: OIP parameters are scalars).
+    ``truncated_rows`` (their indices, comma-separated: OIP parameters are scalars). A long
+    text costs about what ``max_length`` tokens cost: see :meth:`encode`.
     """
 
     def __init__(self, spec: InputSpec, folder: Path | None) -> None:
@@ -111,6 +123,7 @@ class TextDecoder:
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=self.max_length)
         self.tokenizer: Tokenizer = tokenizer
+        self.cut_points = cut_points(tokenizer)
         self.ids_name = settings.input_ids
         self.mask_name = settings.attention_mask
         self.pad_values: Mapping[str, int] = {self.ids_name: self.pad_id, self.mask_name: 0}
@@ -140,8 +153,42 @@ class TextDecoder:
             texts.append(text)
         return texts
 
+    def encode(self, texts: list[str]) -> list[Encoding]:
+        """The encodings the tokenizer gives the whole texts, computed from prefixes.
+
+        A text longer than its character budget is cut before the first cut point past the
+        budget. The cut text's tokens are the whole text's first tokens, so when the cut text
+        overflows ``max_length`` the whole text does too, with the same ``max_length`` tokens.
+        When it does not (runs of spaces, words longer than the tokenizer reads), the budget
+        grows and the text is cut again, at worst up to the whole text. The answer is always
+        the whole text's, while the tokenizer handles, and its overflow pieces hold, only
+        about the budget's worth of tokens: a 250k-character text costs what a short one does.
+        """
+        done: dict[int, Encoding] = {}
+        pending = list(range(len(texts)))
+        budget = CHARS_PER_TOKEN * self.max_length
+        while pending:
+            cuts = [self.cut(texts[row], budget) for row in pending]
+            retry = []
+            encodings = self.tokenizer.encode_batch(cuts)
+            for row, cut, encoding in zip(pending, cuts, encodings, strict=True):
+                if encoding.overflowing or len(cut) == len(texts[row]):
+                    done[row] = encoding
+                else:
+                    retry.append(row)
+            pending = retry
+            budget *= BUDGET_GROWTH
+        return [done[row] for row in range(len(texts))]
+
+    def cut(self, text: str, budget: int) -> str:
+        """``text`` up to the first cut point at or past ``budget`` characters."""
+        if self.cut_points is None or len(text) <= budget:
+            return text
+        point = self.cut_points.search(text, budget)
+        return text if point is None else text[: point.start()]
+
     def __call__(self, tensor: Tensor) -> Decoded:
-        encodings = self.tokenizer.encode_batch(self.texts(tensor))
+        encodings = self.encode(self.texts(tensor))
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
@@ -158,6 +205,78 @@ class TextDecoder:
                 "truncated_rows": ",".join(map(str, truncated)),
             }
         return Decoded({self.ids_name: ids, self.mask_name: mask}, parameters)
+
+
+def cut_points(tokenizer: Tokenizer) -> re.Pattern[str] | None:
+    """A pattern matching the characters before which any text can be cut without changing a
+    token before the cut; None when the tokenizer's pipeline promises no such characters.
+
+    Cuts are safe where normalization is character by character and pre-tokenization splits
+    on character classes alone (BERT's normalizer and pre-tokenizer), away from the characters
+    of added tokens (matched in the raw text, they could straddle a cut). Which characters
+    split is asked of the tokenizer itself: every candidate, placed between two letters, must
+    leave both letters pieces of their own. Candidates are assigned characters that NFD never
+    reorders (combining class 0, whose canonical class is stable across Unicode versions), so
+    a normalizer with a newer Unicode table sees them the same.
+    """
+    from tokenizers import PreTokenizedString
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+    if not isinstance(pre_tokenizer, BertPreTokenizer):
+        return None
+    if normalizer is not None and not isinstance(normalizer, BertNormalizer):
+        return None
+    added = tokenizer.get_added_tokens_decoder().values()
+    if any(token.single_word or token.normalized for token in added):
+        # Whether these match depends on the characters next to them, or on normalized text.
+        return None
+    reserved = {char for token in added for char in token.content}
+    candidates = [
+        code
+        for code in range(CUT_PROBE_END)
+        if _is_candidate(chr(code)) and chr(code) not in reserved
+    ]
+    # One probe for all: "a" c₀ "a" c₁ "a" …, candidate k at index 2k + 1.
+    probe = PreTokenizedString("a" + "a".join(map(chr, candidates)) + "a")
+    if normalizer is not None:
+        probe.normalize(normalizer.normalize)
+    pre_tokenizer.pre_tokenize(probe)
+    spans = np.array(
+        [span for _, span, _ in probe.get_splits(offset_referential="original")], dtype=np.int64
+    ).reshape(-1, 2)
+    # joined[b]: some piece runs across the boundary before character b.
+    size = 2 * len(candidates) + 2
+    depth = np.bincount(spans[:, 0] + 1, minlength=size) - np.bincount(spans[:, 1], minlength=size)
+    joined = np.cumsum(depth) > 0
+    index = 2 * np.arange(len(candidates)) + 1
+    apart = ~joined[index] & ~joined[index + 1]
+    return _character_class(np.asarray(candidates)[apart].tolist())
+
+
+def _is_candidate(char: str) -> bool:
+    category = unicodedata.category(char)
+    if category in ("Cn", "Cs") or category.startswith("M"):
+        return False
+    return unicodedata.combining(unicodedata.normalize("NFD", char)[0]) == 0
+
+
+def _character_class(codes: list[int]) -> re.Pattern[str] | None:
+    """A pattern matching one of the (sorted) code points, as ranges."""
+    if not codes:
+        return None
+    ranges: list[list[int]] = []
+    for code in codes:
+        if ranges and code == ranges[-1][1] + 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    body = "".join(
+        re.escape(chr(low)) + ("" if low == high else "-" + re.escape(chr(high)))
+        for low, high in ranges
+    )
+    return re.compile(f"[{body}]")
 
 
 DECODERS: dict[str, DecoderFactory] = {"tensor": TensorDecoder, "text": TextDecoder}

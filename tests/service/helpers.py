@@ -10,10 +10,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import uvicorn
 
-from service.main import create_app
 from service.runtime.session import OnnxSession
+from service.server import build_server
 from service.settings import Settings
 
 
@@ -24,10 +23,7 @@ def running_server(settings: Settings) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings), log_level="warning", access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
+    server = build_server(settings.model_copy(update={"log_level": "warning"}))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import pytest
 
-from service.errors import InferenceFailedError, QueueFullError
+from service.errors import (
+    DeadlineExceededError,
+    DrainingError,
+    InferenceFailedError,
+    QueueFullError,
+)
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher, BatchPolicy
 from service.runtime.session import Feeds
@@ -230,3 +237,130 @@ def test_batches_group_requests_of_similar_length():
     assert batches[3:] == [[40]]
     for batch in batches:
         assert max(batch) <= policy.max_length_ratio * min(batch)
+
+
+def slowed(direct, seconds: float, seen: list[int] | None = None):
+    """The real session, taking at least ``seconds`` per run (a slow model)."""
+
+    def run(batch: Feeds) -> Feeds:
+        if seen is not None:
+            seen.append(len(batch["image"]))
+        time.sleep(seconds)
+        return direct.run(batch)
+
+    return run
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_never_runs(direct, images):
+    seen: list[int] = []
+
+    async def main() -> list[Any]:
+        # One slot, no merging: the first request holds the slot for 0.3 s; the second's
+        # deadline passes while it waits; the third has time.
+        batcher, executor = make(slowed(direct, 0.3, seen), BatchPolicy(16, 0, 64, merge=False), 1)
+        batcher.start()
+        now = time.monotonic()
+        first = asyncio.create_task(batcher.submit(feeds(images[:1]), 1, now + 5))
+        await asyncio.sleep(0.05)
+        results = await asyncio.gather(
+            batcher.submit(feeds(images[:2]), 2, now + 0.1),
+            batcher.submit(feeds(images[:3]), 3, now + 5),
+            return_exceptions=True,
+        )
+        waited = time.monotonic() - now
+        await first
+        await batcher.stop()
+        executor.shutdown()
+        return [*results, waited]
+
+    expired, served, waited = asyncio.run(main())
+    assert isinstance(expired, DeadlineExceededError)
+    assert "deadline passed" in str(expired)
+    assert isinstance(served, dict)
+    assert seen == [1, 3]  # the expired request of 2 rows never ran
+    assert waited < 1.5
+
+
+def test_a_deadline_already_past_is_refused_at_once(direct, images):
+    async def main() -> None:
+        batcher, executor = make(direct.run, POLICY)
+        batcher.start()
+        try:
+            with pytest.raises(DeadlineExceededError):
+                await batcher.submit(feeds(images[:1]), 1, time.monotonic() - 0.001)
+        finally:
+            await batcher.stop()
+            executor.shutdown()
+
+    asyncio.run(main())
+
+
+def test_admission_follows_the_measured_rate(direct, images):
+    """After a few batches at ~20 rows/s, a queue of 8 rows is ~0.4 s of work: a request with
+    a 0.1 s budget is refused at once, one with 5 s is taken."""
+
+    async def main() -> None:
+        batcher, executor = make(slowed(direct, 0.05), BatchPolicy(1, 0, 64), 1)
+        batcher.start()
+        try:
+            assert batcher.expected_wait(1) == 0.0  # nothing measured yet: admit
+            await asyncio.gather(*(batcher.submit(feeds(images[:1]), 1) for _ in range(3)))
+            queued = [asyncio.create_task(batcher.submit(feeds(images[:1]), 1)) for _ in range(8)]
+            await asyncio.sleep(0)
+            assert 0.2 < batcher.expected_wait(1) < 1.0
+            started = time.monotonic()
+            with pytest.raises(QueueFullError, match="longer than the request's 100 ms"):
+                await batcher.submit(feeds(images[:1]), 1, time.monotonic() + 0.1)
+            assert time.monotonic() - started < 0.05  # refused without waiting
+            assert isinstance(
+                await batcher.submit(feeds(images[:1]), 1, time.monotonic() + 5), dict
+            )
+            await asyncio.gather(*queued)
+        finally:
+            await batcher.stop()
+            executor.shutdown()
+
+    asyncio.run(main())
+
+
+def test_fail_all_answers_queued_and_running_requests(direct, images):
+    async def main() -> list[Any]:
+        batcher, executor = make(slowed(direct, 0.2), BatchPolicy(1, 0, 64), 1)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(feeds(images[:1]), 1)) for _ in range(4)]
+        await asyncio.sleep(0.05)  # the first is running, three wait
+        batcher.fail_all(DrainingError("shutting down"))
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        executor.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, DrainingError) for r in results)
+
+
+def test_expiring_requests_leave_the_batcher_serving(direct, images):
+    """Requests whose deadlines pass while the worker lingers for company (or takes a batch)
+    must not disturb it: later requests are still served."""
+
+    async def main() -> list[Any]:
+        batcher, executor = make(slowed(direct, 0.05), BatchPolicy(4, 0.05, 256), 2)
+        batcher.start()
+        try:
+            now = time.monotonic()
+            expiring = await asyncio.gather(
+                *(batcher.submit(feeds(images[:1]), 1, now + 0.005 * (i % 40)) for i in range(120)),
+                return_exceptions=True,
+            )
+            later = await asyncio.wait_for(
+                batcher.submit(feeds(images[:1]), 1, time.monotonic() + 5), 5
+            )
+            return [*expiring, later]
+        finally:
+            await batcher.stop()
+            executor.shutdown()
+
+    *expiring, later = asyncio.run(main())
+    assert isinstance(later, dict)
+    assert {type(r) for r in expiring} <= {dict, DeadlineExceededError}
+    assert any(isinstance(r, DeadlineExceededError) for r in expiring)
