@@ -1,28 +1,54 @@
-"""Pure ASGI middleware: ``X-Request-ID`` echo and the per-request RED metrics.
+"""Pure ASGI middleware: ``X-Request-ID`` echo, the per-request RED metrics, and early shedding.
 
 Pure ASGI rather than BaseHTTPMiddleware, which costs a task and a stream per request.
+
+Shedding: under overload most inference requests are refused, so a refusal must cost a small
+fraction of an answer, or refusing eats the capacity it protects. Here, before routing,
+dependencies and exception handling, a 429 costs about what a health check does (figures in
+docs/benchmarks.md, Overload). Only load is judged this early (`DataPlane.shed`); everything
+else, authentication included, is left to the route, which admits the request for good.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.inference import REQUEST_TIMEOUT, header_timeout
+from service.errors import (
+    DeadlineExceededError,
+    DrainingError,
+    InvalidInputError,
+    QueueFullError,
+    handle_error,
+    spec_for,
+)
 from service.metrics import Metrics
 
 REQUEST_ID = b"x-request-id"
 MAX_REQUEST_ID = 200
 UNKNOWN_MODEL = "_unknown"
+#: The paths of the inference routes (service/api/{infer,score,uncertainty}.py), with and
+#: without a version; tests/service/api/test_shedding.py keeps the two in step.
+INFERENCE_PATH = re.compile(
+    r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[0-9]+))?"
+    r"/(?P<endpoint>infer|score|uncertainty)"
+)
+LOAD_REFUSALS = (QueueFullError, DeadlineExceededError, DrainingError)
 
 
 class RequestMiddleware:
-    """Echo (or assign) X-Request-ID; count and time every request by route and model."""
+    """Echo (or assign) X-Request-ID; count and time every request by route and model; refuse
+    inference requests the model has no room for before they are routed."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, retry_after_s: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.retry_after_s = retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI call."""
@@ -40,14 +66,44 @@ class RequestMiddleware:
                 message["headers"] = [*message.get("headers", ()), (REQUEST_ID, request_id)]
             await send(message)
 
+        path = _inference_path(scope)
+        refusal = self._refusal(scope, path) if path is not None else None
         try:
-            await self.app(scope, receive, send_with_id)
+            if refusal is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                response = handle_error(Request(scope), refusal, self.retry_after_s)
+                await response(scope, receive, send_with_id)
         finally:
-            endpoint, model = self._labels(scope)
+            if path is not None and refusal is not None:
+                endpoint, model = path["endpoint"], path["model"]
+                reason = spec_for(refusal).reject_reason
+                self.metrics.rejected.labels(model=model, reason=reason).inc()
+            else:
+                endpoint, model = self._labels(scope)
             self.metrics.requests.labels(endpoint=endpoint, model=model, code=str(status)).inc()
             self.metrics.request_duration.labels(endpoint=endpoint, model=model).observe(
                 time.perf_counter() - started
             )
+
+    @staticmethod
+    def _refusal(scope: Scope, path: re.Match[str]) -> Exception | None:
+        """The load refusal for a known model's inference request, if it has no room."""
+        plane = scope.get("state", {}).get("dataplane")
+        if plane is None:
+            return None
+        try:
+            timeout_s = header_timeout(_header(scope, REQUEST_TIMEOUT.encode()))
+        except InvalidInputError:
+            return None  # the route answers it, after authentication
+        version = path["version"]
+        try:
+            plane.shed(
+                path["model"], int(version) if version else None, timeout_s, time.monotonic()
+            )
+        except LOAD_REFUSALS as exc:
+            return exc
+        return None
 
     @staticmethod
     def _labels(scope: Scope) -> tuple[str, str]:
@@ -59,6 +115,19 @@ class RequestMiddleware:
         if model and (plane is None or not plane.is_known(model)):
             model = UNKNOWN_MODEL
         return endpoint, model
+
+
+def _inference_path(scope: Scope) -> re.Match[str] | None:
+    if scope["method"] != "POST":
+        return None
+    return INFERENCE_PATH.fullmatch(scope["path"])
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 def _request_id(scope: Scope) -> bytes:

@@ -199,32 +199,57 @@ class DataPlane:
         self, model: str, version: int | None, timeout_s: float | None, arrived: float
     ) -> Iterator[None]:
         """Hold one of the model's in-flight places while the block runs, or refuse the request
-        before its body is read: unknown model (404), not ready or shutting down (503), deadline
-        already past (504), or no room (429).
-
-        Room is twofold. In flight, a model holds at most enough requests to fill every
-        execution slot with a full batch (``in_flight_limit``): more would not raise its
-        throughput, only everyone's latency, since they would wait in the event loop, where
-        health checks and other models wait too. And its queue must be able to finish one more
-        row within the deadline (the body can only shorten ``timeout_s``, so refusing on it is
-        safe; the batcher checks again with the real row count)."""
-        if self._closed:
-            raise DrainingError("the server is shutting down; retry on another replica")
+        before its body is read: unknown model (404), not ready (503), or no room (see
+        ``check_room``)."""
         target = self.version(model, version)
-        active = self._active.get(model, 0)
-        limit = self.in_flight_limit(target)
-        if active >= limit:
-            raise QueueFullError(
-                f"model '{model}' has {active} requests in flight, its limit; retry later"
-            )
-        remaining = arrived + self.timeout_s(target, timeout_s) - time.monotonic()
-        self._batchers[target.model, target.version].admit(1, remaining)
+        self.check_room(target, timeout_s, arrived)
         with self._inflight(model):
             yield
 
+    def shed(
+        self, model: str, version: int | None, timeout_s: float | None, arrived: float
+    ) -> None:
+        """Raise what ``admitted`` would for want of room, if anything, at the least cost.
+
+        Only load is judged here: an unknown model or version, or one that is not ready, is
+        left to ``admitted``, which the transport calls after authentication."""
+        entry = self.entries.get(model)
+        if entry is None or not entry.versions:
+            return
+        if version is None:
+            target = entry.versions[max(entry.versions)]
+        elif version in entry.versions:
+            target = entry.versions[version]
+        else:
+            return
+        self.check_room(target, timeout_s, arrived)
+
+    def check_room(self, target: ModelVersion, timeout_s: float | None, arrived: float) -> None:
+        """Refuse a request that the model has no room for: shutting down (503), deadline
+        already past (504), or no place in flight or in time (429).
+
+        In flight, a model holds at most ``in_flight_limit`` requests: more would not raise its
+        throughput, only everyone's latency, since they would wait in the event loop, where
+        health checks and other models wait too. In time, its queue must be able to finish
+        one more row within the deadline (the body can only shorten ``timeout_s``, so refusing
+        on it is safe; the batcher checks again with the real row count)."""
+        if self._closed:
+            raise DrainingError("the server is shutting down; retry on another replica")
+        active = self._active.get(target.model, 0)
+        if active >= self.in_flight_limit(target):
+            raise QueueFullError(
+                f"model '{target.model}' has {active} requests in flight, its limit; retry later"
+            )
+        remaining = arrived + self.timeout_s(target, timeout_s) - time.monotonic()
+        self._batchers[target.model, target.version].admit(1, remaining)
+
     def in_flight_limit(self, target: ModelVersion) -> int:
-        """Requests of a model served at once: a full batch per execution slot."""
-        return self.settings.workers() * target.config.batching.max_batch_size
+        """Requests of a model served at once: half a full batch per execution slot.
+
+        Measured (docs/benchmarks.md, Overload): at twice this, latency and liveness under
+        overload grew with no gain in throughput, for the loop-bound digits as for the
+        ORT-bound fortune-topics."""
+        return max(1, self.settings.workers() * target.config.batching.max_batch_size // 2)
 
     def deadline(
         self,

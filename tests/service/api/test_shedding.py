@@ -1,0 +1,55 @@
+"""Early shedding in the middleware: the paths it judges are exactly the inference routes', and
+what it refuses is answered and counted like any refusal."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.routing import APIRoute
+
+from service.api import ROUTERS
+from service.api.middleware import INFERENCE_PATH
+from tests.service.api.test_metrics import scrape, value
+from tests.service.helpers import image_request
+
+INFERENCE_ROUTES = {"infer", "score", "uncertainty"}
+
+
+def test_the_inference_path_matches_the_inference_routes_and_nothing_else():
+    routes = [route for router, _ in ROUTERS for route in router.routes]
+    inference = [r for r in routes if isinstance(r, APIRoute) and r.name in INFERENCE_ROUTES]
+    assert len(inference) == 6  # with and without /versions/{version}
+    for route in routes:
+        path = getattr(route, "path", "").replace("{model}", "digits").replace("{version}", "7")
+        methods: set[str] = getattr(route, "methods", set())
+        judged = "POST" in methods and INFERENCE_PATH.fullmatch(path) is not None
+        assert judged == (route in inference), route
+
+
+@pytest.mark.parametrize("path", ["score", "versions/1/infer", "uncertainty"])
+def test_a_shed_request_is_answered_and_counted_like_any_refusal(client, images, path):
+    endpoint = path.rsplit("/", 1)[-1]
+    before = scrape(client)
+    response = client.post(
+        f"/v2/models/digits/{path}",
+        json=image_request(images[:1]),
+        headers={"Request-Timeout": "1e-9", "X-Request-ID": "shed-1"},
+    )
+    assert response.status_code == 504
+    assert set(response.json()) == {"error"}
+    assert response.headers["x-request-id"] == "shed-1"
+    after = scrape(client)
+    labels = {"endpoint": endpoint, "model": "digits", "code": "504"}
+    assert value(after, "surety_requests_total", **labels) == (
+        value(before, "surety_requests_total", **labels) + 1
+    )
+    reason = {"model": "digits", "reason": "deadline"}
+    assert value(after, "surety_rejected_requests_total", **reason) == (
+        value(before, "surety_rejected_requests_total", **reason) + 1
+    )
+
+
+def test_unknown_models_are_left_to_the_route(client, images):
+    response = client.post(
+        "/v2/models/nope/score", json=image_request(images[:1]), headers={"Request-Timeout": "1e-9"}
+    )
+    assert response.status_code == 404
