@@ -147,6 +147,9 @@ def handle_error(request: Request, exc: Exception, retry_after_s: int) -> Respon
     spec = spec_for(exc)
     if spec.status == 500:  # a fault of ours; refusals (503, 504) are expected under load
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    headers = {"Retry-After": str(retry_after_s)} if spec.retry_after else None
+    # An HTTPException's own headers (a 401's WWW-Authenticate challenge) go out with it.
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    if spec.retry_after:
+        headers["Retry-After"] = str(retry_after_s)
     body = orjson.dumps({"error": message_for(exc, spec)})
     return Response(body, spec.status, headers=headers, media_type="application/json")

@@ -17,7 +17,7 @@ from service.api import ROUTERS
 from service.api.middleware import RequestMiddleware
 from service.api.openapi import SuretyAPI, serve_docs
 from service.api.responses import OrjsonResponse
-from service.api.security import UnauthorizedError, guards, unauthorized_response
+from service.api.security import guards
 from service.api.uploads import UploadBudget
 from service.errors import ERRORS, handle_error, spec_for
 from service.metrics import Metrics
@@ -56,8 +56,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     serve_docs(app)
     for exc_type in (*ERRORS, HTTPException, Exception):
         app.add_exception_handler(exc_type, _error_response)
-    app.add_exception_handler(UnauthorizedError, unauthorized_response)
-    app.add_middleware(RequestMiddleware, metrics=metrics, retry_after_s=settings.retry_after_s)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        retry_after_s=settings.retry_after_s,
+        pace_early_retries=settings.pace_early_retries,
+    )
     return app
 
 

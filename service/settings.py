@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     retry_after_s: PositiveInt = Field(
         default=1, description="the Retry-After value sent with 429 and 503"
     )
+    pace_early_retries: bool = Field(
+        default=False,
+        description="hold the refusal of a connection that returns before its Retry-After "
+        "until it passes; for servers facing clients directly, not behind pooling proxies",
+    )
     strict_readiness: bool = Field(
         default=True,
         description="server ready only when every model in the repository loaded (as Triton)",

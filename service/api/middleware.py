@@ -6,11 +6,13 @@ Shedding: under overload most inference requests are refused, so a refusal must 
 fraction of an answer, or refusing eats the capacity it protects. Here, before routing,
 dependencies and exception handling, a 429 costs about what a health check does (figures in
 docs/benchmarks.md, Overload). Only load is judged this early (`DataPlane.shed`); everything
-else, authentication included, is left to the route, which admits the request for good.
+else, authentication included, is left to the route, which admits the request for good. A
+connection that comes back before its ``Retry-After`` has its refusal held (service.api.pacing).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -19,6 +21,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.inference import REQUEST_TIMEOUT, header_timeout
+from service.api.pacing import RetryPacer
 from service.errors import (
     DeadlineExceededError,
     DrainingError,
@@ -45,10 +48,13 @@ class RequestMiddleware:
     """Echo (or assign) X-Request-ID; count and time every request by route and model; refuse
     inference requests the model has no room for before they are routed."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, retry_after_s: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, retry_after_s: int, pace_early_retries: bool
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.retry_after_s = retry_after_s
+        self.pacer = RetryPacer(retry_after_s) if pace_early_retries else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI call."""
@@ -72,6 +78,8 @@ class RequestMiddleware:
             if refusal is None:
                 await self.app(scope, receive, send_with_id)
             else:
+                if self.pacer is not None and (delay := self.pacer.hold(scope.get("client"))):
+                    await asyncio.sleep(delay)
                 response = handle_error(Request(scope), refusal, self.retry_after_s)
                 await response(scope, receive, send_with_id)
         finally:

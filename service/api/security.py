@@ -16,13 +16,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, Request, Response, Security
+from fastapi import Depends, Request, Security
 from fastapi.params import Depends as Dependency
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from service.api.responses import Responses, error_response
-from service.errors import handle_error
 from service.settings import Settings
 
 BEARER = HTTPBearer(
@@ -52,14 +51,6 @@ class UnauthorizedError(HTTPException):
 
     def __init__(self, detail: str) -> None:
         super().__init__(UNAUTHORIZED, detail, headers=CHALLENGE)
-
-
-async def unauthorized_response(request: Request, exc: Exception) -> Response:
-    """The shared ``{"error": ...}`` answer, plus the ``WWW-Authenticate`` challenge."""
-    settings: Settings = request.app.state.settings
-    response = handle_error(request, exc, settings.retry_after_s)
-    response.headers.update(CHALLENGE)
-    return response
 
 
 def _digest(key: str) -> bytes:

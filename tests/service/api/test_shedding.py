@@ -3,13 +3,17 @@ what it refuses is answered and counted like any refusal."""
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import pytest
 from fastapi.routing import APIRoute
 
 from service.api import ROUTERS
 from service.api.middleware import INFERENCE_PATH
+from service.settings import Settings
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import image_request
+from tests.service.helpers import image_request, running_server
 
 INFERENCE_ROUTES = {"infer", "score", "uncertainty"}
 
@@ -53,3 +57,29 @@ def test_unknown_models_are_left_to_the_route(client, images):
         "/v2/models/nope/score", json=image_request(images[:1]), headers={"Request-Timeout": "1e-9"}
     )
     assert response.status_code == 404
+
+
+def test_with_pacing_an_early_retry_is_refused_only_after_retry_after(repository, images):
+    body = image_request(images[:1])
+    expired = {"Request-Timeout": "1e-9"}
+    settings = Settings(model_repository=repository, pace_early_retries=True)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=10) as http:
+        url_path = "/v2/models/digits/score"
+        assert http.post(url_path, json=body, headers=expired).status_code == 504
+        started = time.monotonic()
+        assert http.post(url_path, json=body, headers=expired).status_code == 504
+        held = time.monotonic() - started
+        assert http.post(url_path, json=body).status_code == 200  # admitted: never held
+        assert http.get("/v2/health/live").status_code == 200
+    assert held >= 0.8  # Retry-After is 1 s; the pacer tolerates 10% early
+
+
+def test_without_pacing_refusals_are_never_held(client, images):
+    body = image_request(images[:1])
+    started = time.monotonic()
+    for _ in range(3):
+        response = client.post(
+            "/v2/models/digits/score", json=body, headers={"Request-Timeout": "1e-9"}
+        )
+        assert response.status_code == 504
+    assert time.monotonic() - started < 0.8

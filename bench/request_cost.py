@@ -1,0 +1,92 @@
+"""Server CPU per request, by kind: a digits answer, a refusal, a 404, against a health check.
+
+Sequential requests on one keep-alive connection to a ``surety serve`` subprocess; the server's
+CPU time (user + system, all threads) from ``/proc/<pid>/stat`` before and after each batch of
+requests, divided by their number. Ratios to the health check, measured in the same run, are the
+figures to quote: the machine is shared.
+
+    .venv/bin/python bench/request_cost.py --model-repository model_repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+import orjson
+from loadgen import surety_server
+
+HEALTH = "health check"
+
+
+def request(path: str, body: bytes | None = None, headers: str = "") -> bytes:
+    """A raw HTTP/1.1 request."""
+    if body is None:
+        return f"GET {path} HTTP/1.1\r\nHost: bench\r\n{headers}\r\n".encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{headers}\r\n"
+    )
+    return head.encode() + body
+
+
+def exchange(sock: socket.socket, raw: bytes) -> int:
+    """Send one request and read its whole answer; its status."""
+    sock.sendall(raw)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(
+        int(v) for k, _, v in (x.partition(b":") for x in lines) if k.lower() == b"content-length"
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(lines[0].split()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    """Measure each kind and print µs of server CPU per request and the ratio to health."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--requests", type=int, default=3000, help="per kind")
+    args = parser.parse_args()
+    row = [0.0] * 64
+    body = orjson.dumps({"inputs": [{"name": "image", "shape": [1, 64], "datatype": "FP32",
+                                     "data": row}]})  # fmt: skip
+    kinds = {
+        HEALTH: request("/v2/health/live"),
+        "digits /score (200)": request("/v2/models/digits/score", body),
+        "refused in the middleware (504)": request(
+            "/v2/models/digits/score", body, "Request-Timeout: 1e-9\r\n"
+        ),
+        "unknown model (404)": request("/v2/models/nope/score", body),
+    }
+    with surety_server(args.model_repository) as server:
+        pid = server.pid
+        sock = socket.create_connection((server.endpoint.host, server.endpoint.port))
+        costs = {}
+        for name, raw in kinds.items():
+            for _ in range(200):  # warm-up
+                status = exchange(sock, raw)
+            before = cpu_seconds(pid)
+            for _ in range(args.requests):
+                exchange(sock, raw)
+            costs[name] = (cpu_seconds(pid) - before) / args.requests, status
+        sock.close()
+    print(f"{'request':34} {'status':>6} {'server CPU µs':>14} {'× health':>9}")
+    for name, (cost, status) in costs.items():
+        print(f"{name:34} {status:6d} {cost * 1e6:14.0f} {cost / costs[HEALTH][0]:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
