@@ -13,11 +13,12 @@ MODEL_REPOSITORY ?= model_repository
 
 KERNEL_SOURCES := $(shell find kernels/src -type f) CMakeLists.txt kernels/CMakeLists.txt
 
-.PHONY: help setup build run test lint bench clean
+.PHONY: help setup build run test check lint bench clean
 
 help:
 	@echo "make run    set up, build the kernels and default models, serve on http://127.0.0.1:8000"
 	@echo "make test   set up, build, lint and run the whole test suite"
+	@echo "make check  lint and the tests not marked slow (the inner loop, about a minute)"
 	@echo "make bench  run the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)"
 	@echo "make lint   ruff, mypy and hadolint"
 	@echo "make clean  remove the virtualenv and build outputs"
@@ -49,6 +50,9 @@ lint: build
 
 test: build lint
 	$(PY) -m pytest
+
+check: build lint
+	$(PY) -m pytest -q -m "not slow"
 
 bench: build
 	$(PY) bench/softmax.py

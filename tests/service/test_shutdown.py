@@ -94,6 +94,7 @@ def test_sigterm_drains_then_exits_0_without_losing_requests(repository, images,
     assert failures == []
     assert set(statuses) == {200}
     assert served_in_drain > 0  # requests kept being served after the signal
+    print(f"readiness 503 {not_ready_after * 1e3:.0f} ms after SIGTERM, exit {stopped_after:.1f} s")
     assert not_ready_after < 0.5
     assert exit_code == 0, (tmp_path / "server.log").read_text()
     assert DRAIN_S <= stopped_after < SHUTDOWN_TIMEOUT_S + 2
