@@ -44,6 +44,8 @@ INLINE_UNCERTAINTY_ROWS = 4
 #: Requests carrying more input than this (bytes, or characters of text) are decoded and
 #: tokenized in a worker thread: a few hundred microseconds of the event loop at most.
 INLINE_DECODE_BYTES = 16 * 1024
+#: A model's burst allowance (``BurstAllowance``) refills from empty in this many seconds.
+BURST_REFILL_S = 1.0
 SCORE_OUTPUTS = ("probabilities", "predicted_index", "predicted_label")
 
 
@@ -59,6 +61,7 @@ class DataPlane:
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._uncertainty_batchers: dict[tuple[str, int], Batcher] = {}
         self._active: dict[str, int] = {}  # requests in flight per model, as the gauge shows
+        self._bursts: dict[str, BurstAllowance] = {}
         self._labels: dict[str, np.ndarray] = {}
         #: One inference pool per model, each bounded by the cores: a model with slow batches
         #: (long texts) cannot hold every thread while a fast model's requests wait behind it;
@@ -236,12 +239,19 @@ class DataPlane:
         if self._closed:
             raise DrainingError("the server is shutting down; retry on another replica")
         active = self._active.get(target.model, 0)
-        if active >= self.in_flight_limit(target):
+        limit = self.in_flight_limit(target)
+        if active >= limit and (active >= 2 * limit or not self._burst(target, limit).take()):
             raise QueueFullError(
                 f"model '{target.model}' has {active} requests in flight, its limit; retry later"
             )
         remaining = arrived + self.timeout_s(target, timeout_s) - time.monotonic()
         self._batchers[target.model, target.version].admit(1, remaining)
+
+    def _burst(self, target: ModelVersion, limit: int) -> BurstAllowance:
+        burst = self._bursts.get(target.model)
+        if burst is None:
+            burst = self._bursts[target.model] = BurstAllowance(limit)
+        return burst
 
     def in_flight_limit(self, target: ModelVersion) -> int:
         """Requests of a model served at once: half a full batch per execution slot.
@@ -393,6 +403,33 @@ class DataPlane:
         finally:
             gauge.dec()
             self._active[model] -= 1
+
+
+class BurstAllowance:
+    """Places past a model's in-flight limit for a short burst: a bucket of ``size`` tokens
+    that refills in ``BURST_REFILL_S``.
+
+    Random arrivals at a sustainable rate still bunch, and a latency spike (a slow batch of
+    another model on the same cores) holds more requests in flight for a moment: those take a
+    few tokens and give them back. A standing excess (more clients than the model can serve)
+    drains the bucket in a moment and then meets the limit, so the event loop's backlog stays
+    bounded; the tokens it gets back, ``size`` a second, are a small share of the requests
+    served meanwhile."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.tokens = float(size)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        """Take a token if there is one."""
+        now = time.monotonic()
+        self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.size / BURST_REFILL_S)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def _policy(config: ModelConfig, batching: bool) -> BatchPolicy:
