@@ -216,14 +216,9 @@ class DataPlane:
 
         Only load is judged here: an unknown model or version, or one that is not ready, is
         left to ``admitted``, which the transport calls after authentication."""
-        entry = self.entries.get(model)
-        if entry is None or not entry.versions:
-            return
-        if version is None:
-            target = entry.versions[max(entry.versions)]
-        elif version in entry.versions:
-            target = entry.versions[version]
-        else:
+        try:
+            target = self.version(model, version)
+        except (ModelNotFoundError, ModelNotReadyError):
             return
         self.check_room(target, timeout_s, arrived)
 
