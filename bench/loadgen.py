@@ -396,6 +396,21 @@ class Report:
         )
         return Latency.of([x for values in chosen.values() for x in values])
 
+    def problems(self) -> list[str]:
+        """Anything the overload contract says should not happen, one phrase each."""
+        out = []
+        if self.unexpected:
+            out.append(f"unexpected statuses {fmt_counts(self.unexpected)}")
+        if self.connection_errors:
+            out.append(f"connection errors {self.errors}")
+        if self.missing_retry_after:
+            out.append(f"{self.missing_retry_after} 429/503 without Retry-After")
+        if self.unfinished:
+            out.append(f"{self.unfinished} unfinished after the grace period")
+        if self.dropped:
+            out.append(f"{self.dropped} arrivals dropped by the generator")
+        return out
+
     def warmup_latency(self, statuses: frozenset[int] | set[int]) -> Latency:
         """Latency of the warm-up's requests (the cold start) over the given statuses."""
         return Latency.of([x for s, v in self.warmup.items() if s in statuses for x in v])
@@ -692,6 +707,29 @@ def run(endpoint: Endpoint, loads: Sequence[Load], **options: Any) -> Run:
 # The server under test (for the benchmarks that start one)
 
 
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks that start their own ``surety serve``."""
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    parser.add_argument(
+        "--timeout-ms", type=int, help="deadline sent in every request (default: the server's)"
+    )
+    parser.add_argument(
+        "--surety",
+        type=Path,
+        help="the surety executable to serve with (default: the virtualenv's)",
+    )
+    parser.add_argument("--json", type=Path, help="also write all figures here")
+
+
+def require_models(repository: Path, models: Sequence[str]) -> None:
+    """Exit with a hint unless every model is built in the repository."""
+    for model in models:
+        if not (repository / model / "config.yaml").is_file():
+            raise SystemExit(
+                f"{repository / model} is missing: build it with `surety build-defaults`"
+            )
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     with socket.socket() as sock:
@@ -821,15 +859,7 @@ def print_run(run: Run, title: str = "") -> None:
     )
     for report in run.loads.values():
         accepted, rejected = report.accepted, report.rejected
-        extra = []
-        if report.connection_errors:
-            extra.append(f"conn errors {report.errors}")
-        if report.missing_retry_after:
-            extra.append(f"no Retry-After {report.missing_retry_after}")
-        if report.unfinished:
-            extra.append(f"unfinished {report.unfinished}")
-        if report.dropped:
-            extra.append(f"dropped {report.dropped}")
+        extra = [p for p in report.problems() if not p.startswith("unexpected")]
         print(
             f"{report.name:<28}{report.goodput:8.1f}{fmt_ms(accepted.p50):>9}"
             f"{fmt_ms(accepted.p99):>9}{fmt_ms(rejected.p99):>9}{fmt_ms(rejected.max):>9}"

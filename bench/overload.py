@@ -24,7 +24,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from loadgen import (
@@ -34,10 +33,12 @@ from loadgen import (
     Load,
     Report,
     Run,
+    add_server_arguments,
     fmt_counts,
     fmt_ms,
     model_requests,
     print_run,
+    require_models,
     run,
     settle,
     surety_server,
@@ -64,19 +65,6 @@ class Row:
     def goodput_ratio(self) -> float:
         return self.report.goodput / self.base_rate if self.base_rate > 0 else float("nan")
 
-    def flags(self) -> list[str]:
-        """Anything the contract says should not happen."""
-        report, out = self.report, []
-        if report.unexpected:
-            out.append(f"unexpected statuses {fmt_counts(report.unexpected)}")
-        if report.connection_errors:
-            out.append(f"connection errors {report.errors}")
-        if report.missing_retry_after:
-            out.append(f"{report.missing_retry_after} 429/503 without Retry-After")
-        if report.unfinished:
-            out.append(f"{report.unfinished} unfinished after the grace period")
-        return out
-
     def targets(self) -> str:
         """Which of the issue's three targets this row meets."""
         rejected = self.report.rejected
@@ -96,7 +84,7 @@ class Row:
             "goodput_ratio": round(self.goodput_ratio, 4),
             "liveness_p99_ms": round(self.liveness_p99_ms, 2),
             "client_cpu_share": round(self.client_cpu_share, 3),
-            "flags": self.flags(),
+            "flags": self.report.problems(),
             **self.report.summary(),
         }
 
@@ -108,7 +96,7 @@ def load_average() -> str:
 def main() -> None:
     """Run the phases and print one table per phase, then the summary."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    add_server_arguments(parser)
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per phase")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds per phase")
     parser.add_argument("--base-clients", type=int, default=16)
@@ -125,27 +113,14 @@ def main() -> None:
     )
     parser.add_argument("--no-mixed", action="store_true", help="skip the both-models phases")
     parser.add_argument(
-        "--timeout-ms", type=int, help="deadline sent in every request (default: the server's)"
-    )
-    parser.add_argument(
         "--grace",
         type=float,
         default=30.0,
         help="seconds in-flight requests may take after a window",
     )
-    parser.add_argument(
-        "--surety",
-        type=Path,
-        help="the surety executable to serve with (default: the virtualenv's)",
-    )
-    parser.add_argument("--json", type=Path, help="also write all figures here")
     args = parser.parse_args()
 
-    for model in args.models:
-        if not (args.model_repository / model / "config.yaml").is_file():
-            raise SystemExit(
-                f"{args.model_repository / model} is missing: build it with `surety build-defaults`"
-            )
+    require_models(args.model_repository, args.models)
     overload_clients = {DIGITS: args.digits_clients, FORTUNE_TOPICS: args.fortune_clients}
     modes = {"honour": [False], "ignore": [True], "both": [False, True]}[args.retry_after]
     print(f"cores {os.cpu_count()}, load average {load_average()} (before the server starts)")
@@ -228,7 +203,7 @@ def main() -> None:
             f"{fmt_ms(row.liveness_p99_ms):>10}{row.client_cpu_share:9.0%}  {row.targets()}"
             f"  {fmt_counts(r.counts)}"
         )
-        for flag in row.flags():
+        for flag in r.problems():
             print(f"{'':11}!! {flag}")
     if isolation is not None:
         calm_report = isolation

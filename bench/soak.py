@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,10 +37,12 @@ from loadgen import (
     OpenLoop,
     Report,
     Run,
+    add_server_arguments,
     fmt_counts,
     fmt_ms,
     model_requests,
     print_run,
+    require_models,
     rss_bytes,
     run,
     settle,
@@ -112,7 +113,7 @@ def parse_rates(values: list[str]) -> dict[str, float]:
 def main() -> None:
     """Measure capacity, soak at a fraction of it, then step it up; print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    add_server_arguments(parser)
     parser.add_argument("--duration", type=float, default=600.0, help="soak seconds")
     parser.add_argument("--fraction", type=float, default=0.8, help="soak rate / capacity")
     parser.add_argument(
@@ -141,22 +142,9 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=30.0)
     parser.add_argument("--connections", type=int, default=256, help="per model")
     parser.add_argument("--arrivals", choices=["poisson", "fixed"], default="poisson")
-    parser.add_argument(
-        "--timeout-ms", type=int, help="deadline sent in every request (default: the server's)"
-    )
-    parser.add_argument(
-        "--surety",
-        type=Path,
-        help="the surety executable to serve with (default: the virtualenv's)",
-    )
-    parser.add_argument("--json", type=Path, help="also write all figures here")
     args = parser.parse_args()
 
-    for model in MODELS:
-        if not (args.model_repository / model / "config.yaml").is_file():
-            raise SystemExit(
-                f"{args.model_repository / model} is missing: build it with `surety build-defaults`"
-            )
+    require_models(args.model_repository, MODELS)
     capacity = parse_rates(args.rate)
     figures: dict[str, Any] = {"argv": sys.argv[1:]}
     print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (before the server)")
