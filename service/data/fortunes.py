@@ -20,7 +20,9 @@ Splits are stratified per topic and deterministic for a seed: each topic is shuf
 generator seeded by (seed, topic name), so adding a topic leaves the other topics' splits alone.
 Texts that occur under two different in-distribution topics are dropped (their label is
 ambiguous), duplicates within a topic are kept once, and OOD entries that also occur
-in-distribution are dropped, so that no text sits on both sides of any split.
+in-distribution are dropped, so that no text sits on both sides of any split. The OOD
+*validation* topics (for choosing OOD thresholds and settings) are held out from everything
+else: their entries that also occur in-distribution or in an OOD test topic are dropped.
 
 Usage::
 
@@ -30,28 +32,36 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from service.data.debian import (
+    DEBIAN_KEYRING,
+    DEBIAN_MIRROR,
+    DEBIAN_SUITE,
+    DebianError,
+    Log,
+    download_packages,
+    locked,
+    read_stamp,
+    repo_root,
+)
+
 __all__ = [
     "CACHE_DIR_ENV",
+    "DEBIAN_KEYRING",
     "IN_DISTRIBUTION_TOPICS",
     "OOD_TOPICS",
+    "OOD_VALIDATION_TOPICS",
     "Example",
     "FortunesDataset",
     "FortunesError",
@@ -84,12 +94,11 @@ IN_DISTRIBUTION_TOPICS: tuple[str, ...] = (
     "startrek",
 )
 OOD_TOPICS: tuple[str, ...] = ("zippy", "songs-poems")
+# For tuning OOD detection (thresholds, settings), so that OOD_TOPICS stay an unseen test.
+OOD_VALIDATION_TOPICS: tuple[str, ...] = ("wisdom", "literature")
 PACKAGES: tuple[str, ...] = ("fortunes", "fortunes-min")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
 CACHE_DIR_ENV = "SURETY_FORTUNES_DIR"
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
-DEBIAN_SUITE = "bookworm"
-DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 TOPIC_SUBDIR = Path("usr/share/games/fortunes")
 # Bump when parsing or normalisation changes, so cached splits made the old way are rebuilt.
 FORMAT_VERSION = 1
@@ -98,15 +107,12 @@ _SEPARATOR = re.compile(rb"^%[ \t\r]*$", re.MULTILINE)
 _OVERSTRIKE = re.compile(r"[^\x08\n]\x08")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
-Log = Callable[[str], None]
+# The corpus fails the ways its download does; one class lets callers catch both.
+FortunesError = DebianError
 
 
 def _stderr(message: str) -> None:
     print(f"fortunes: {message}", file=sys.stderr, flush=True)
-
-
-class FortunesError(RuntimeError):
-    """The corpus could not be fetched, unpacked or read."""
 
 
 @dataclass(frozen=True)
@@ -137,12 +143,17 @@ class FortunesDataset:
     ood: dict[str, Path]
     labels: tuple[str, ...]
     seed: int
+    ood_validation: dict[str, Path] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def split_paths(self) -> dict[str, Path]:
-        """Every JSONL file by split name (``ood_<topic>`` for the OOD sets)."""
+        """Every JSONL file by split name (``ood_<topic>`` and ``ood_validation_<topic>`` for
+        the OOD sets)."""
         paths = {"train": self.train, "calibration": self.calibration, "test": self.test}
         paths.update({f"ood_{topic}": path for topic, path in self.ood.items()})
+        paths.update(
+            {f"ood_validation_{topic}": path for topic, path in self.ood_validation.items()}
+        )
         return paths
 
 
@@ -300,26 +311,11 @@ def read_jsonl(path: Path) -> list[Example]:
 # Download
 
 
-def _repo_root() -> Path | None:
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() else None
-
-
 def default_cache_dir() -> Path:
     """``$SURETY_FORTUNES_DIR``, else ``data/fortunes`` under the repository (or the cwd)."""
     if override := os.environ.get(CACHE_DIR_ENV):
         return Path(override)
-    return (_repo_root() or Path.cwd()) / "data" / "fortunes"
-
-
-def _run(step: str, command: Sequence[str], cwd: Path | None = None) -> None:
-    try:
-        result = subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise FortunesError(f"{step}: could not run {command[0]}: {exc}") from exc
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip()[-2000:]
-        raise FortunesError(f"{step} failed (exit status {result.returncode}):\n{tail}")
+    return (repo_root() or Path.cwd()) / "data" / "fortunes"
 
 
 def download_corpus(
@@ -333,75 +329,10 @@ def download_corpus(
 
     Cached: when ``cache_dir/corpus.json`` exists the download is skipped.
     """
-    cache_dir = Path(cache_dir)
-    root = cache_dir / "root"
-    topic_dir = root / TOPIC_SUBDIR
-    stamp = cache_dir / "corpus.json"
-    if stamp.is_file() and topic_dir.is_dir():
-        return topic_dir
-
-    for tool in ("apt-get", "dpkg"):
-        if shutil.which(tool) is None:
-            raise FortunesError(
-                f"{tool!r} not found: fetching the fortunes corpus needs a Debian system "
-                f"(or unpack the packages {', '.join(PACKAGES)} into {root} yourself "
-                f"and write {stamp})"
-            )
-    if not DEBIAN_KEYRING.is_file():
-        raise FortunesError(f"{DEBIAN_KEYRING} is missing (package debian-archive-keyring)")
-
-    log(f"downloading {' '.join(PACKAGES)} from Debian {suite} into {cache_dir}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="fortunes-apt-") as tmp:
-        work = Path(tmp)
-        for sub in ("sources.list.d", "lists/partial", "cache/archives/partial", "debs"):
-            (work / sub).mkdir(parents=True)
-        (work / "sources.list").write_text(
-            f"deb [signed-by={DEBIAN_KEYRING}] {mirror} {suite} main\n", encoding="utf-8"
-        )
-        # A private sources list and state: the machine's apt configuration is never touched.
-        apt_options = [
-            f"-oDir::Etc::SourceList={work / 'sources.list'}",
-            f"-oDir::Etc::SourceParts={work / 'sources.list.d'}",
-            f"-oDir::State::Lists={work / 'lists'}",
-            f"-oDir::Cache={work / 'cache'}",
-            "-oAPT::Sandbox::User=root",
-            "-oDebug::NoLocking=1",
-        ]
-        log("apt-get update (private package lists)")
-        # Without --error-on=any a failed fetch still exits 0, and the download step would
-        # then report a misleading "Unable to locate package".
-        _run("apt-get update", ["apt-get", "-q", "--error-on=any", *apt_options, "update"])
-        log("apt-get download")
-        _run(
-            "apt-get download",
-            ["apt-get", "-q", *apt_options, "download", *PACKAGES],
-            cwd=work / "debs",
-        )
-        debs = sorted((work / "debs").glob("*.deb"))
-        if len(debs) != len(PACKAGES):
-            raise FortunesError(
-                f"expected {len(PACKAGES)} .deb files, got {[d.name for d in debs]}"
-            )
-        staging = cache_dir / "root.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        for deb in debs:
-            log(f"unpacking {deb.name}")
-            _run(f"dpkg -x {deb.name}", ["dpkg", "-x", str(deb), str(staging)])
-        if not (staging / TOPIC_SUBDIR).is_dir():
-            raise FortunesError(f"the packages did not contain {TOPIC_SUBDIR}")
-        shutil.rmtree(root, ignore_errors=True)
-        staging.replace(root)
-        packages = [
-            {"file": deb.name, "sha256": hashlib.sha256(deb.read_bytes()).hexdigest()}
-            for deb in debs
-        ]
-    stamp.write_text(
-        json.dumps({"suite": suite, "mirror": mirror, "packages": packages}, indent=2) + "\n",
-        encoding="utf-8",
+    root = download_packages(
+        cache_dir, PACKAGES, (TOPIC_SUBDIR,), suite=suite, mirror=mirror, log=log
     )
-    log(f"corpus in {topic_dir}")
-    return topic_dir
+    return root / TOPIC_SUBDIR
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,6 +344,7 @@ def _split_parameters(
     fractions: tuple[float, float, float],
     topics: Sequence[str],
     ood_topics: Sequence[str],
+    ood_validation_topics: Sequence[str],
     corpus: Mapping[str, Any],
 ) -> dict[str, Any]:
     return {
@@ -421,6 +353,7 @@ def _split_parameters(
         "fractions": list(fractions),
         "topics": list(topics),
         "ood_topics": list(ood_topics),
+        "ood_validation_topics": list(ood_validation_topics),
         "corpus": dict(corpus),
     }
 
@@ -432,29 +365,26 @@ def prepare_fortunes(
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     topics: Sequence[str] = IN_DISTRIBUTION_TOPICS,
     ood_topics: Sequence[str] = OOD_TOPICS,
+    ood_validation_topics: Sequence[str] | None = None,
     log: Log = _stderr,
 ) -> FortunesDataset:
     """Download (once), parse, deduplicate and split the corpus; write JSONL files (once).
 
     Files land in ``<cache_dir>/splits/seed-<seed>/``: ``train.jsonl``, ``calibration.jsonl``,
-    ``test.jsonl``, ``ood_<topic>.jsonl`` and ``manifest.json``. A second call with the same
-    parameters reads the manifest and returns without downloading or splitting.
+    ``test.jsonl``, ``ood_<topic>.jsonl``, ``ood_validation_<topic>.jsonl`` and
+    ``manifest.json``. A second call with the same parameters reads the manifest and returns
+    without downloading or splitting.
+
+    ``ood_validation_topics=None`` means :data:`OOD_VALIDATION_TOPICS` with the default
+    ``topics`` and ``ood_topics``, and none with a choice of one's own: those topics were picked
+    to be held out from the default ones, and need not exist in a hand-made corpus.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    with _locked(cache_dir):
-        return _prepare(cache_dir, seed, fractions, topics, ood_topics, log)
-
-
-@contextmanager
-def _locked(cache_dir: Path) -> Iterator[None]:
-    # A test run and a model build may prepare the same cache at once; one waits for the other.
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with (cache_dir / ".lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    if ood_validation_topics is None:
+        defaults = tuple(topics) == IN_DISTRIBUTION_TOPICS and tuple(ood_topics) == OOD_TOPICS
+        ood_validation_topics = OOD_VALIDATION_TOPICS if defaults else ()
+    with locked(cache_dir):
+        return _prepare(cache_dir, seed, fractions, topics, ood_topics, ood_validation_topics, log)
 
 
 def _prepare(
@@ -463,11 +393,13 @@ def _prepare(
     fractions: tuple[float, float, float],
     topics: Sequence[str],
     ood_topics: Sequence[str],
+    ood_validation_topics: Sequence[str],
     log: Log,
 ) -> FortunesDataset:
     topic_dir = download_corpus(cache_dir, log=log)
-    corpus = json.loads((cache_dir / "corpus.json").read_text(encoding="utf-8"))
-    parameters = _split_parameters(seed, fractions, topics, ood_topics, corpus)
+    parameters = _split_parameters(
+        seed, fractions, topics, ood_topics, ood_validation_topics, read_stamp(cache_dir)
+    )
 
     out = cache_dir / "splits" / f"seed-{seed}"
     dataset = FortunesDataset(
@@ -478,6 +410,9 @@ def _prepare(
         ood={topic: out / f"ood_{topic}.jsonl" for topic in ood_topics},
         labels=tuple(topics),
         seed=seed,
+        ood_validation={
+            topic: out / f"ood_validation_{topic}.jsonl" for topic in ood_validation_topics
+        },
     )
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
@@ -488,9 +423,16 @@ def _prepare(
             log(f"splits cached in {out}")
             return FortunesDataset(**{**dataset.__dict__, "counts": manifest["counts"]})
 
-    log(f"parsing {len(topics)} in-distribution and {len(ood_topics)} OOD topics")
-    in_distribution, ood = _deduplicate(
-        load_topics(topic_dir, topics), load_topics(topic_dir, ood_topics)
+    log(
+        f"parsing {len(topics)} in-distribution, {len(ood_topics)} OOD and "
+        f"{len(ood_validation_topics)} OOD validation topics"
+    )
+    raw_in_distribution = load_topics(topic_dir, topics)
+    raw_ood = load_topics(topic_dir, ood_topics)
+    in_distribution, ood = _deduplicate(raw_in_distribution, raw_ood)
+    # Held out from everything else: the OOD test topics count as "taken" here too.
+    _, ood_validation = _deduplicate(
+        {**raw_in_distribution, **raw_ood}, load_topics(topic_dir, ood_validation_topics)
     )
     splits = split_stratified(in_distribution, seed=seed, fractions=fractions)
     counts: dict[str, dict[str, int]] = {}
@@ -504,9 +446,13 @@ def _prepare(
         for example in examples:
             per_label[example.label] += 1
         counts[name] = per_label
-    for topic in ood_topics:
-        write_jsonl(dataset.ood[topic], (Example(text, topic) for text in ood[topic]))
-        counts[f"ood_{topic}"] = {topic: len(ood[topic])}
+    for prefix, paths, texts in (
+        ("ood", dataset.ood, ood),
+        ("ood_validation", dataset.ood_validation, ood_validation),
+    ):
+        for topic, path in paths.items():
+            write_jsonl(path, (Example(text, topic) for text in texts[topic]))
+            counts[f"{prefix}_{topic}"] = {topic: len(texts[topic])}
     manifest_path.write_text(
         json.dumps({"parameters": parameters, "counts": counts}, indent=2) + "\n",
         encoding="utf-8",

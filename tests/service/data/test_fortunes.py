@@ -221,3 +221,48 @@ def test_real_corpus_has_every_topic(real_dataset: fortunes.FortunesDataset) -> 
     for topic, path in real_dataset.ood.items():
         ood = read_jsonl(path)
         assert len(ood) > 100 and {e.label for e in ood} == {topic}
+
+
+def test_ood_validation_topics_are_held_out_from_every_other_split(
+    real_dataset: fortunes.FortunesDataset,
+) -> None:
+    assert tuple(real_dataset.ood_validation) == fortunes.OOD_VALIDATION_TOPICS
+    paths = real_dataset.split_paths()
+    validation_names = {f"ood_validation_{topic}" for topic in real_dataset.ood_validation}
+    taken = {
+        e.text
+        for name, path in paths.items()
+        if name not in validation_names
+        for e in read_jsonl(path)
+    }
+    for topic, path in real_dataset.ood_validation.items():
+        assert paths[f"ood_validation_{topic}"] == path
+        validation = read_jsonl(path)
+        assert len(validation) > 100 and {e.label for e in validation} == {topic}
+        assert real_dataset.counts[f"ood_validation_{topic}"] == {topic: len(validation)}
+        assert not {e.text for e in validation} & taken
+
+
+def test_ood_validation_drops_texts_of_the_other_splits(tmp_path: Path) -> None:
+    topic_dir = tmp_path / "root" / fortunes.TOPIC_SUBDIR
+    topic_dir.mkdir(parents=True)
+    topics = {
+        "a": ["in a", "a 1", "a 2"],
+        "ood": ["in ood", "ood 1"],
+        "held": ["in a", "in ood", "kept", "kept"],
+    }
+    for topic, entries in topics.items():
+        (topic_dir / topic).write_text("\n%\n".join(entries) + "\n", encoding="utf-8")
+    (tmp_path / "corpus.json").write_text("{}", encoding="utf-8")
+    dataset = prepare_fortunes(
+        tmp_path,
+        topics=("a",),
+        ood_topics=("ood",),
+        ood_validation_topics=("held",),
+        log=lambda _: None,
+    )
+    assert [e.text for e in read_jsonl(dataset.ood_validation["held"])] == ["kept"]
+    assert [e.text for e in read_jsonl(dataset.ood["ood"])] == ["in ood", "ood 1"]
+    own_choice = prepare_fortunes(tmp_path, topics=("a",), ood_topics=("ood",), log=lambda _: None)
+    assert own_choice.ood_validation == {}
+    assert "ood_validation_held" not in own_choice.split_paths()
