@@ -118,6 +118,8 @@ def export(args: argparse.Namespace) -> int:
 
 
 def _classifier_arguments(parser: argparse.ArgumentParser) -> None:
+    from service.export.classifier import add_fine_tuning_arguments
+
     parser.add_argument("--train", type=Path, required=True, help="labeled JSONL: text, label")
     parser.add_argument("--test", type=Path, required=True, help="labeled JSONL for accuracy")
     parser.add_argument("--name", required=True, help="model name in the repository")
@@ -134,21 +136,21 @@ def _classifier_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--labels", help="comma-separated class order (default: sorted)")
     parser.add_argument("--max-length", type=int, help="token limit (default: the encoder's)")
-    parser.add_argument("--epochs", type=int, default=300, help="head training epochs")
-    parser.add_argument("--seed", type=int, default=0)
+    add_fine_tuning_arguments(parser)
     parser.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch check")
     parser.add_argument("--force", action="store_true", help="replace an existing version")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def export_text_classifier(args: argparse.Namespace) -> int:
-    """Train a head on a frozen encoder and write a servable entry (config.yaml included)."""
+    """Fine-tune the encoder with a linear head and write a servable entry (config.yaml
+    included)."""
     from service.export.classifier import (
         CONFIG_FILE,
         LABELS_FILE,
         METADATA_FILE,
-        TrainingConfig,
         export_classifier,
+        fine_tuning_from_arguments,
     )
 
     root: Path = args.model_repository
@@ -170,7 +172,7 @@ def export_text_classifier(args: argparse.Namespace) -> int:
             version=args.version,
             labels=labels,
             max_length=args.max_length,
-            training=TrainingConfig(epochs=args.epochs, seed=args.seed),
+            fine_tuning=fine_tuning_from_arguments(args),
             check_parity=not args.no_parity,
             show_progress=not args.quiet,
         )

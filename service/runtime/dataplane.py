@@ -346,7 +346,11 @@ class DataPlane:
             str(target.version),
             [computed[name] for name in selected],
             request.id,
-            {"temperature": temperature, **notes},
+            {
+                "temperature": temperature,
+                **({"ood_method": estimators.ood_method} if estimators is not None else {}),
+                **notes,
+            },
         )
 
     async def _evaluate_uncertainty(

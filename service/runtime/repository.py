@@ -125,14 +125,15 @@ def load_uncertainty(
     spec = config.uncertainty
     if spec.logits is None or not spec.taps:
         return None
+    # A per-row output [B] reads as one feature per row.
     widths = {
-        output.name: output.shape[-1]
+        output.name: 1 if len(output.shape) == 1 else output.shape[-1]
         for output in session.session.get_outputs()
-        if output.shape and isinstance(output.shape[-1], int)
+        if output.shape and (len(output.shape) == 1 or isinstance(output.shape[-1], int))
     }
     try:
         return ServedUncertainty.load(
-            version_dir, tuple(spec.taps), spec.logits, widths, len(config.labels)
+            version_dir, spec.features, spec.logits, widths, len(config.labels)
         )
     except ArtifactError as exc:
         raise ConfigError(f"uncertainty artifacts: {exc}") from exc

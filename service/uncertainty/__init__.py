@@ -1,16 +1,14 @@
-"""Per-request uncertainty: Mahalanobis OOD scores and SDM calibrated reliability.
+"""Per-request uncertainty: an out-of-distribution score and SDM calibrated reliability.
 
-`METHODS` is the one registry of methods; each is pure numpy (plus the kernels) and knows
-nothing of HTTP, so the same objects serve requests and run offline evaluations.
+`detectors.DETECTORS` is the one registry of OOD detectors (the served one is chosen per model at
+calibration, `ood.select`); SDM is the one selective-prediction method. Everything here is numpy
+(plus the kernels) and knows nothing of HTTP, so the same objects serve requests and run offline
+evaluations.
 """
 
-from service.uncertainty.base import ArtifactError, FeatureSet, UncertaintyMethod
-from service.uncertainty.mahalanobis import Mahalanobis
+from service.uncertainty.base import ArtifactError, FeatureSet
+from service.uncertainty.detectors import DETECTORS, Detector
+from service.uncertainty.ood import ServedOOD
 from service.uncertainty.sdm import SDM
 
-METHODS: dict[str, type[Mahalanobis] | type[SDM]] = {
-    Mahalanobis.name: Mahalanobis,
-    SDM.name: SDM,
-}
-
-__all__ = ["METHODS", "SDM", "ArtifactError", "FeatureSet", "Mahalanobis", "UncertaintyMethod"]
+__all__ = ["DETECTORS", "SDM", "ArtifactError", "Detector", "FeatureSet", "ServedOOD"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from service.uncertainty.activation import KernelScaledSoftmax
+from service.uncertainty.base import FeatureSet
 from service.uncertainty.evaluation import expected_calibration_error
 from service.uncertainty.features import OfflineModel, feature_set
-from service.uncertainty.mahalanobis import Mahalanobis
+from service.uncertainty.ood import candidates, select
 from service.uncertainty.sdm import SDM
 
 ARTIFACT_DIR = "uncertainty"
@@ -27,8 +30,9 @@ class CalibrationOptions:
 
     train: Path
     calibration: Path
-    ood_validation: Path | None = None
-    alpha: float = 0.95
+    ood_validation: tuple[Path, ...] = ()
+    test: Path | None = None
+    alpha: float | None = None  # None: the model's `uncertainty.alpha`
     keep_fraction: float = 0.95
     k: int = 1000
 
@@ -39,40 +43,78 @@ def softmax_rows(logits: np.ndarray) -> np.ndarray:
     return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% for z = 1.96)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def selective_report(sdm: SDM, test: FeatureSet) -> dict[str, Any]:
+    """SDM's admitted share of a labelled split and the admitted accuracy, with Wilson intervals."""
+    reliable = sdm.evaluate(test.taps, test.logits)["sdm_reliable"]
+    admitted = int(reliable.sum())
+    correct = int((test.predictions[reliable] == test.labels[reliable]).sum())
+    return {
+        "size": len(reliable),
+        "admitted": admitted,
+        "admitted_share": admitted / len(reliable),
+        "admitted_share_ci95": wilson_interval(admitted, len(reliable)),
+        "admitted_accuracy": correct / admitted if admitted else None,
+        "admitted_accuracy_ci95": wilson_interval(correct, admitted) if admitted else None,
+        "accuracy": float(np.mean(test.predictions == test.labels)),
+    }
+
+
 def calibrate(
     model: OfflineModel, version_dir: Path, options: CalibrationOptions
 ) -> dict[str, Any]:
-    """Fit both methods on the splits and write `<version>/uncertainty/`; returns the report."""
+    """Choose and fit the OOD detector and SDM on the splits, write `<version>/uncertainty/`.
+
+    Returns the fit report (also written as report.json).
+    """
     config = model.config
     spec = config.uncertainty
     if spec.logits is None or not spec.taps:
         raise ValueError("config.yaml names no uncertainty taps and logits for this model")
-    train = feature_set(model, options.train)
-    calibration = feature_set(model, options.calibration)
-    ood = (
-        feature_set(model, options.ood_validation, labelled=False).taps
-        if options.ood_validation is not None
-        else None
-    )
-    mahalanobis = Mahalanobis.fit(
-        train, calibration, tuple(spec.taps), ood, keep_fraction=options.keep_fraction
-    )
-    sdm = SDM.fit(
+    names = spec.features
+    train = feature_set(model, options.train, features=names)
+    calibration = feature_set(model, options.calibration, features=names)
+    validation = {
+        path.stem: feature_set(model, path, labelled=False, features=names)
+        for path in options.ood_validation
+    }
+    served_ood = select(
         train,
         calibration,
-        spec.sdm_tap or spec.taps[-1],
-        KernelScaledSoftmax(),
-        alpha=options.alpha,
-        k=options.k,
+        validation,
+        candidates(spec.taps, spec.token_score),
+        keep_fraction=options.keep_fraction,
+        forced=spec.ood_method,
     )
+    alpha = options.alpha if options.alpha is not None else spec.alpha
+    sdm_tap = spec.sdm_tap or spec.taps[-1]
+    if spec.sdm_calibration == "cross_fitted":
+        labelled = FeatureSet(
+            taps={sdm_tap: np.vstack([train.taps[sdm_tap], calibration.taps[sdm_tap]])},
+            logits=np.vstack([train.logits, calibration.logits]),
+            labels=np.concatenate([train.labels, calibration.labels]),
+        )
+        sdm = SDM.fit_cross_fitted(labelled, sdm_tap, KernelScaledSoftmax(), alpha, options.k)
+    else:
+        sdm = SDM.fit(train, calibration, sdm_tap, KernelScaledSoftmax(), alpha, options.k)
     directory = version_dir / ARTIFACT_DIR
-    mahalanobis.save(directory)
+    shutil.rmtree(directory, ignore_errors=True)  # no artifact of an earlier fit may linger
+    served_ood.save(directory)
     sdm.save(directory)
     calibration_probabilities = softmax_rows(calibration.logits)
-    report = {
+    report: dict[str, Any] = {
         "train": str(options.train),
         "calibration": str(options.calibration),
-        "ood_validation": None if options.ood_validation is None else str(options.ood_validation),
+        "ood_validation": [str(path) for path in options.ood_validation],
         "classes": config.labels,
         "train_per_class": np.bincount(train.labels, minlength=len(config.labels)).tolist(),
         "calibration_per_class": np.bincount(
@@ -80,14 +122,20 @@ def calibrate(
         ).tolist(),
         "calibration_accuracy": float(np.mean(calibration.predictions == calibration.labels)),
         "softmax_ece": expected_calibration_error(calibration_probabilities, calibration.labels),
-        "mahalanobis": {
-            "taps": list(mahalanobis.taps),
-            "ensemble": mahalanobis.ensemble,
-            "threshold": mahalanobis.threshold,
-            "keep_fraction": mahalanobis.keep_fraction,
+        "ood": {
+            "method": served_ood.method,
+            "params": served_ood.detector.params(),
+            "threshold": served_ood.threshold,
+            "keep_fraction": served_ood.keep_fraction,
+            "selection": served_ood.selection,
         },
-        "sdm": sdm.report(),
+        "sdm": {**sdm.report(), "calibration": spec.sdm_calibration},
     }
+    if options.test is not None:
+        report["test"] = {"file": str(options.test)}
+        report["sdm"]["test"] = selective_report(
+            sdm, feature_set(model, options.test, features=names)
+        )
     (directory / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -100,15 +148,21 @@ def calibrate_entry(entry: Path, version: int, options: CalibrationOptions) -> d
 def describe(report: dict[str, Any]) -> str:
     """One line of the fit report's key figures."""
     sdm = report["sdm"]
-    return (
-        f"support {sdm['support_size']}, q'_min {sdm['q_prime_min']:.3g} at alpha "
-        f"{sdm['alpha']}, calibration accuracy {report['calibration_accuracy']:.4f}, "
-        f"softmax ECE {report['softmax_ece']:.4f}, Mahalanobis {report['mahalanobis']['ensemble']}"
+    line = (
+        f"OOD detector {report['ood']['method']}, support {sdm['support_size']}, "
+        f"q'_min {sdm['q_prime_min']:.3g} at alpha {sdm['alpha']}, calibration accuracy "
+        f"{report['calibration_accuracy']:.4f}, softmax ECE {report['softmax_ece']:.4f}"
     )
+    if "test" in sdm:
+        test = sdm["test"]
+        line += f", SDM admits {test['admitted_share']:.1%} of the test split"
+        if test["admitted_accuracy"] is not None:
+            line += f" at accuracy {test['admitted_accuracy']:.3f}"
+    return line
 
 
 def calibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    """`surety calibrate MODEL --train F --calibration F [--ood-validation F] [--alpha A] ...`."""
+    """`surety calibrate MODEL --train F --calibration F [--ood-validation F ...] [--test F] ..."""
     parser.add_argument("model", help="model name in the repository")
     parser.add_argument("--train", type=Path, required=True, help="labelled JSONL: support set")
     parser.add_argument(
@@ -117,10 +171,17 @@ def calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ood-validation",
         type=Path,
-        help="JSONL of out-of-distribution inputs: fit the Mahalanobis tap ensemble by "
-        "logistic regression instead of averaging standardised tap scores",
+        action="append",
+        default=[],
+        help="JSONL of out-of-distribution inputs (repeatable): the OOD detector served is the "
+        "candidate with the best mean AUROC over these sets (see docs/uncertainty.md)",
     )
-    parser.add_argument("--alpha", type=float, default=0.95, help="SDM reliability level")
+    parser.add_argument(
+        "--test", type=Path, help="labelled JSONL: report SDM's admitted share and accuracy on it"
+    )
+    parser.add_argument(
+        "--alpha", type=float, help="SDM reliability level (default: the model's, 0.95 if unset)"
+    )
     parser.add_argument(
         "--keep-fraction",
         type=float,
@@ -146,7 +207,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     options = CalibrationOptions(
         train=args.train,
         calibration=args.calibration,
-        ood_validation=args.ood_validation,
+        ood_validation=tuple(args.ood_validation),
+        test=args.test,
         alpha=args.alpha,
         keep_fraction=args.keep_fraction,
         k=args.k,

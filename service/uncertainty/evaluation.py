@@ -2,7 +2,9 @@
 
 Definitions follow Lee et al. (2018): TNR at the threshold whose TPR is *closest* to 95%;
 AUROC by the trapezoid rule on the ROC curve; detection accuracy = max over thresholds of
-½(TPR + TNR).
+½(TPR + TNR). FPR at 95% TPR follows the common OOD-benchmark convention instead: the FPR at the
+highest threshold whose TPR is at least 95% (the first point of the ROC sweep with TPR ≥ 0.95),
+so it is not always 1 − TNR at 95% TPR.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class DetectionMetrics:
     auroc: float
     tnr_at_tpr95: float
     detection_accuracy: float
+    fpr_at_tpr95: float
 
 
 def detection_metrics(
@@ -45,10 +48,13 @@ def detection_metrics(
     tpr, fpr = _roc(in_scores, out_scores)
     auroc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
     closest = int(np.argmin(np.abs(tpr - 0.95)))
+    # TPR rises along the sweep to 1 (given any in-distribution score): argmax finds the first.
+    first_at_95 = int(np.argmax(tpr >= 0.95))
     return DetectionMetrics(
         auroc=auroc,
         tnr_at_tpr95=float(1.0 - fpr[closest]),
         detection_accuracy=float(np.max(0.5 * (tpr + 1.0 - fpr))),
+        fpr_at_tpr95=float(fpr[first_at_95]),
     )
 
 

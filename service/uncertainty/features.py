@@ -131,9 +131,16 @@ def run_dataset(
 
 
 def feature_set(
-    model: OfflineModel, path: Path, labelled: bool = True, batch_size: int = 32
+    model: OfflineModel,
+    path: Path,
+    labelled: bool = True,
+    batch_size: int = 32,
+    features: tuple[str, ...] | None = None,
 ) -> FeatureSet:
-    """Taps, logits and labels of a split (labels all -1 when ``labelled`` is False)."""
+    """Features, logits and labels of a split (labels all -1 when ``labelled`` is False).
+
+    ``features`` names the outputs kept as features (default: the configured taps).
+    """
     config = model.config
     spec = config.uncertainty
     if spec.logits is None or not spec.taps:
@@ -144,6 +151,7 @@ def feature_set(
         if labelled
         else np.full(len(records), -1, dtype=np.int64)
     )
-    return FeatureSet(
-        taps={tap: outputs[tap] for tap in spec.taps}, logits=outputs[spec.logits], labels=labels
-    )
+    names = features if features is not None else tuple(spec.taps)
+    # A per-row output [N] (a token score) is one feature per row: [N, 1].
+    taps = {name: outputs[name].reshape(len(records), -1) for name in names}
+    return FeatureSet(taps=taps, logits=outputs[spec.logits], labels=labels)

@@ -189,41 +189,103 @@ class SDM:
         k: int = 1000,
     ) -> Self:
         """Support set from train; distance tables, q′ tables and the HR region from calibration."""
+        unfitted = cls._unfitted(train, tap, softmax, alpha, k)
+        q, d_nearest = unfitted.similarity(calibration.taps[tap], calibration.predictions)
+        return unfitted._calibrated(q, d_nearest, calibration.logits, calibration.labels)
+
+    @classmethod
+    def fit_cross_fitted(
+        cls,
+        labelled: FeatureSet,
+        tap: str,
+        softmax: ScaledSoftmax,
+        alpha: float = 0.95,
+        k: int = 1000,
+        folds: int = 10,
+        seed: int = 0,
+    ) -> Self:
+        """Every labelled point serves once as calibration, against the other folds' support.
+
+        The points are dealt into `folds` stratified folds (seeded); a point's q and d₁ are
+        computed against the support made of the other folds, so it is never its own neighbour,
+        and the HR region and the eCDF tables are fitted over all of them at once. The served
+        support is the whole labelled set. With small classes this is what makes the DKW bound
+        usable: n̂ is the smallest class's count, and it grows by the ratio of labelled to
+        calibration points. Its price: the support seen at serving is 1/folds larger than the
+        one each calibration point saw (q runs slightly longer at serving), and points the model
+        was trained on calibrate with in-sample logits.
+        """
+        if folds < 2:
+            raise ValueError(f"folds must be at least 2, got {folds}")
+        labels = labelled.labels
+        fold_of = np.empty(len(labels), dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        for c in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == c))
+            fold_of[members] = np.arange(len(members)) % folds
+        served = cls._unfitted(labelled, tap, softmax, alpha, k)
+        features = np.asarray(labelled.taps[tap], dtype=np.float32)
+        predictions = labelled.predictions
+        q = np.zeros(len(labels), dtype=np.int64)
+        d_nearest = np.zeros(len(labels))
+        for fold in range(folds):
+            held = fold_of == fold
+            if not held.any():
+                continue
+            others = replace(
+                served,
+                support_features=features[~held],
+                support_labels=served.support_labels[~held],
+                support_predictions=served.support_predictions[~held],
+            )
+            q[held], d_nearest[held] = others.similarity(features[held], predictions[held])
+        return served._calibrated(q, d_nearest, labelled.logits, labels)
+
+    @classmethod
+    def _unfitted(
+        cls, support: FeatureSet, tap: str, softmax: ScaledSoftmax, alpha: float, k: int
+    ) -> Self:
         if not 0.5 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0.5, 1), got {alpha}")
-        partial = cls(
+        return cls(
             tap=tap,
             alpha=alpha,
             k=k,
-            support_features=np.asarray(train.taps[tap], dtype=np.float32),
-            support_labels=train.labels.astype(np.int64),
-            support_predictions=train.predictions.astype(np.int64),
+            support_features=np.asarray(support.taps[tap], dtype=np.float32),
+            support_labels=support.labels.astype(np.int64),
+            support_predictions=support.predictions.astype(np.int64),
             distance_tables=[],
             q_prime_tables=[],
             q_prime_min=math.inf,
-            psi=np.full(train.num_classes, math.inf),
+            psi=np.full(support.num_classes, math.inf),
             softmax=softmax,
         )
-        q, d_nearest = partial.similarity(calibration.taps[tap], calibration.predictions)
-        labels = calibration.labels
-        distance_tables = [
-            np.sort(d_nearest[(labels == c) & (q > 0)]) for c in range(len(partial.psi))
-        ]
+
+    def _calibrated(
+        self,
+        q: NDArray[np.int64],
+        d_nearest: NDArray[np.float64],
+        logits: FloatArray,
+        labels: IntArray,
+    ) -> Self:
+        """The distance and q′ tables and the HR region, from calibration points' q, d₁, z′, y."""
+        num_classes = len(self.psi)
+        distance_tables = [np.sort(d_nearest[(labels == c) & (q > 0)]) for c in range(num_classes)]
         empty = [c for c, table in enumerate(distance_tables) if len(table) == 0]
         if empty:
             raise ValueError(
                 f"classes {empty} have no calibration point with q > 0: every distance would be "
                 "out of distribution; use more training or calibration data"
             )
-        with_distance = replace(partial, distance_tables=distance_tables)
+        with_distance = replace(self, distance_tables=distance_tables)
         d = with_distance.distance(d_nearest)
-        sdm = with_distance.activation(calibration.logits, q, d)
-        predictions = calibration.predictions
-        q_prime = rescaled_q(q, sdm[np.arange(len(sdm)), predictions])
+        sdm = with_distance.activation(logits, q, d)
+        rows = np.arange(len(sdm))
+        q_prime = rescaled_q(q, sdm[rows, np.argmax(logits, axis=1)])
         q_prime_min, psi = high_reliability_region(
-            q_prime, sdm[np.arange(len(sdm)), labels], labels, len(partial.psi), alpha
+            q_prime, sdm[rows, labels], labels, num_classes, self.alpha
         )
-        q_prime_tables = [np.sort(q_prime[labels == c]) for c in range(len(partial.psi))]
+        q_prime_tables = [np.sort(q_prime[labels == c]) for c in range(num_classes)]
         return replace(
             with_distance, q_prime_tables=q_prime_tables, q_prime_min=q_prime_min, psi=psi
         )

@@ -1,4 +1,4 @@
-"""The uncertainty methods of one served model version, loaded from `<version>/uncertainty/`."""
+"""The uncertainty of one served model version, loaded from `<version>/uncertainty/`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.uncertainty import METHODS
 from service.uncertainty.calibrate import ARTIFACT_DIR
+from service.uncertainty.ood import ServedOOD
+from service.uncertainty.sdm import SDM
 
 #: The outputs `/uncertainty` adds to `/score`'s, in response order, with their OIP datatypes.
 UNCERTAINTY_OUTPUTS = {
@@ -27,11 +28,16 @@ UNCERTAINTY_OUTPUTS = {
 
 @dataclass(frozen=True)
 class ServedUncertainty:
-    """Every registered method, fitted for one model version."""
+    """The OOD detector chosen at calibration and SDM, fitted for one model version."""
 
-    taps: tuple[str, ...]
+    taps: tuple[str, ...]  # every model output the methods read (taps and token score)
     logits: str
-    methods: tuple[Any, ...]
+    ood: ServedOOD
+    sdm: SDM
+
+    @property
+    def ood_method(self) -> str:
+        return self.ood.method
 
     @classmethod
     def load(
@@ -50,18 +56,14 @@ class ServedUncertainty:
         directory = version_dir / ARTIFACT_DIR
         if not directory.is_dir():
             return None
-        methods = []
-        for method in METHODS.values():
-            fitted = method.load(directory)
-            fitted.check_model(output_widths, num_classes)
-            methods.append(fitted)
-        return cls(taps, logits, tuple(methods))
+        ood = ServedOOD.load(directory)
+        ood.check_model(output_widths, num_classes)
+        sdm = SDM.load(directory)
+        sdm.check_model(output_widths, num_classes)
+        return cls(taps, logits, ood, sdm)
 
     def evaluate(self, outputs: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-        """Every method's outputs for a batch of model outputs."""
-        taps = {tap: outputs[tap] for tap in self.taps}
+        """Both methods' outputs for a batch of model outputs."""
+        features = {name: outputs[name] for name in self.taps}
         logits = np.asarray(outputs[self.logits])
-        result: dict[str, NDArray[Any]] = {}
-        for method in self.methods:
-            result.update(method.evaluate(taps, logits))
-        return result
+        return {**self.ood.evaluate(features, logits), **self.sdm.evaluate(features, logits)}

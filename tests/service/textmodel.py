@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from service.data.fortunes import Example, prepare_fortunes, read_jsonl, write_jsonl
-from service.export.classifier import ExportResult, TrainingConfig, export_classifier
+from service.export.classifier import ExportResult, FineTuning, TrainingConfig, export_classifier
 
 NAME = "tiny-topics"
 VERSION = 3
@@ -42,6 +42,8 @@ def build(work: Path) -> ExportResult:
         version=VERSION,
         labels=dataset.labels,
         max_length=MAX_LENGTH,
+        # A frozen encoder: the tiny serving tests need a quick, decent model, not a tuned one.
+        fine_tuning=FineTuning(layers=0),
         training=TrainingConfig(epochs=200),
         show_progress=False,
         log=lambda _: None,

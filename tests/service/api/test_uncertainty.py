@@ -34,6 +34,8 @@ def test_outputs_names_datatypes_and_shapes(client, images):
     assert response.status_code == 200, response.text
     out = outputs(response.json())
     assert list(out) == SCORE + list(UNCERTAINTY_OUTPUTS)
+    # The served OOD detector is named (digits' config forces the tap ensemble).
+    assert response.json()["parameters"]["ood_method"] == "tap_ensemble"
     for name, datatype in UNCERTAINTY_OUTPUTS.items():
         assert out[name]["datatype"] == datatype
     assert out["sdm_probabilities"]["shape"] == [5, 10]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.uncertainty import SDM, Mahalanobis
+from service.uncertainty import SDM, ServedOOD
 
 
 @pytest.fixture
@@ -31,31 +31,63 @@ def run(root: Path, *extra: str) -> int:
 
 
 def test_calibrate_writes_loadable_artifacts_and_a_report(uncalibrated, capsys):
-    assert run(uncalibrated, "--alpha", "0.9", "--k", "200") == 0
+    data = uncalibrated / "digits" / "data"
+    assert (
+        run(uncalibrated, "--alpha", "0.9", "--k", "200", "--test", str(data / "test.jsonl")) == 0
+    )
     directory = uncalibrated / "digits" / "1" / "uncertainty"
     report = json.loads((directory / "report.json").read_text())
     assert report["sdm"]["alpha"] == 0.9 and report["sdm"]["k"] == 200
-    assert report["sdm"]["support_size"] == sum(report["train_per_class"])
+    # Digits' SDM is cross-fitted: every labelled point is support and calibrates once.
+    assert report["sdm"]["calibration"] == "cross_fitted"
+    labelled = sum(report["train_per_class"]) + sum(report["calibration_per_class"])
+    assert report["sdm"]["support_size"] == labelled
+    assert sum(report["sdm"]["calibration_per_class"]) == labelled
     assert len(report["sdm"]["psi"]) == 10
     assert 0.0 <= report["softmax_ece"] < 0.2
-    assert report["mahalanobis"]["taps"] == [
+    # Digits' config forces the tap ensemble (it has no OOD-validation set to choose by).
+    assert report["ood"]["method"] == "tap_ensemble"
+    assert report["ood"]["params"]["taps"] == [
         "block1_features", "block2_features", "block3_features"
     ]  # fmt: skip
-    Mahalanobis.load(directory)
+    test = report["sdm"]["test"]
+    low, high = test["admitted_share_ci95"]
+    assert test["size"] == sum(1 for _ in (data / "test.jsonl").open())
+    assert low <= test["admitted_share"] <= high and test["admitted"] > 0
+    assert test["admitted_accuracy"] >= 0.9
+    assert ServedOOD.load(directory).method == "tap_ensemble"
     SDM.load(directory)
-    assert "q'_min" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OOD detector tap_ensemble" in out and "SDM admits" in out
 
 
-def test_ood_validation_switches_the_ensemble_to_logistic(uncalibrated, tmp_path):
-    ood = tmp_path / "ood.jsonl"
-    ood.write_text(
+def noise_images(path: Path, rows: int = 40) -> Path:
+    path.write_text(
         "\n".join(
-            json.dumps({"image": [float((i * 7 + j) % 17) for j in range(64)]}) for i in range(40)
+            json.dumps({"image": [float((i * 7 + j) % 17) for j in range(64)]}) for i in range(rows)
         )
     )
-    assert run(uncalibrated, "--ood-validation", str(ood)) == 0
+    return path
+
+
+def test_ood_validation_ranks_every_candidate_and_serves_the_best(uncalibrated, tmp_path):
+    config = uncalibrated / "digits" / "config.yaml"
+    config.write_text(config.read_text().replace("ood_method: tap_ensemble", ""))
+    assert run(uncalibrated, "--ood-validation", str(noise_images(tmp_path / "noise.jsonl"))) == 0
     report = json.loads((uncalibrated / "digits" / "1" / "uncertainty" / "report.json").read_text())
-    assert report["mahalanobis"]["ensemble"] == "logistic"
+    selection = report["ood"]["selection"]
+    assert selection["validation_sets"] == ["noise"]
+    means = [candidate["mean_auroc"] for candidate in selection["candidates"]]
+    assert all(0.0 <= m <= 1.0 for m in means)
+    assert means[selection["chosen"]] == max(means)
+    assert report["ood"]["method"] == selection["candidates"][selection["chosen"]]["method"]
+
+
+def test_an_unknown_forced_method_is_reported(uncalibrated, capsys):
+    config = uncalibrated / "digits" / "config.yaml"
+    config.write_text(config.read_text().replace("ood_method: tap_ensemble", "ood_method: nope"))
+    assert run(uncalibrated) == 1
+    assert "'nope'" in capsys.readouterr().err
 
 
 def test_bad_inputs_are_reported_with_the_file(uncalibrated, tmp_path, capsys):

@@ -65,3 +65,20 @@ def test_expected_calibration_error(rng: np.random.Generator) -> None:
     assert expected_calibration_error(probabilities, labels) == pytest.approx(0.0, abs=0.02)
     half = np.where(np.arange(10_000) % 2 == 0, 0, 1)
     assert expected_calibration_error(probabilities, half) == pytest.approx(0.3, abs=1e-9)
+
+
+def test_fpr_at_tpr95_is_taken_at_the_first_threshold_reaching_95_percent() -> None:
+    in_scores = np.arange(1.0, 21.0)  # 20 points: accepting 19 of them is the first TPR ≥ 0.95
+    out_scores = np.array([1.5, 2.5, 30.0])  # the threshold 2 accepts 2.5 and 30
+    m = detection_metrics(in_scores, out_scores)
+    assert m.fpr_at_tpr95 == pytest.approx(2 / 3)
+    # The TNR definition takes the TPR closest to 0.95 instead, here the same point.
+    assert m.tnr_at_tpr95 == pytest.approx(1 / 3)
+
+
+def test_fpr_at_tpr95_can_differ_from_one_minus_tnr_at_tpr95() -> None:
+    # 10 in-distribution points: TPR 0.9 (at 11) is closer to 0.95 than TPR 1.0 (at 10, which
+    # also accepts 10.5), but only TPR 1.0 reaches 0.95.
+    m = detection_metrics(np.arange(10.0, 20.0), np.array([10.5, 100.0]))
+    assert m.tnr_at_tpr95 == pytest.approx(0.5)
+    assert m.fpr_at_tpr95 == pytest.approx(1.0)

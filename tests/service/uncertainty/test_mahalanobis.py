@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from sklearn.covariance import EmpiricalCovariance
 
-from service.uncertainty import ArtifactError, FeatureSet, Mahalanobis
-from service.uncertainty.mahalanobis import TapGaussian
+from service.uncertainty.mahalanobis import TapGaussian, prepared
 
 from .conftest import gaussian_classes
 
@@ -81,69 +78,12 @@ def test_a_class_without_samples_is_an_error(rng: np.random.Generator) -> None:
         TapGaussian.fit(x, y, 3)
 
 
-def _split(rng: np.random.Generator) -> tuple[FeatureSet, FeatureSet, dict[str, np.ndarray]]:
-    def feature_set(n: int) -> FeatureSet:
-        x, y = gaussian_classes(rng, n, MEANS, COV)
-        # Two taps: one informative, one a noisy copy.
-        taps = {"a": x, "b": x + rng.normal(size=x.shape) * 3}
-        return FeatureSet(taps=taps, logits=np.zeros((len(y), 3)), labels=y)
-
-    ood = rng.normal(size=(300, 3)) * 2 + np.array([10.0, -8.0, 6.0])
-    ood_taps = {"a": ood, "b": ood + rng.normal(size=ood.shape) * 3}
-    return feature_set(400), feature_set(200), ood_taps
-
-
-def test_threshold_keeps_the_configured_share_of_calibration(rng: np.random.Generator) -> None:
-    train, calibration, _ = _split(rng)
-    detector = Mahalanobis.fit(train, calibration, ("a", "b"), keep_fraction=0.9)
-    assert detector.ensemble == "standardised-mean"
-    kept = ~detector.evaluate(calibration.taps, calibration.logits)["ood"]
-    assert kept.mean() >= 0.9
-    assert kept.mean() < 0.93
-
-
-@pytest.mark.parametrize("with_ood_validation", [False, True])
-def test_far_away_inputs_are_flagged(rng: np.random.Generator, with_ood_validation: bool) -> None:
-    train, calibration, ood = _split(rng)
-    detector = Mahalanobis.fit(
-        train, calibration, ("a", "b"), ood_validation=ood if with_ood_validation else None
+def test_prepared_scales_rows_to_unit_norm_and_keeps_zero_rows() -> None:
+    rows = np.array([[3.0, 4.0], [0.0, 0.0], [-1e-200, 0.0]])
+    np.testing.assert_array_equal(prepared(rows, normalise=False), rows)
+    np.testing.assert_allclose(
+        prepared(rows, normalise=True), [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]]
     )
-    assert detector.ensemble == ("logistic" if with_ood_validation else "standardised-mean")
-    result = detector.evaluate(ood, np.zeros((300, 3)))
-    assert result["ood"].mean() > 0.99
-    assert result["mahalanobis_score"].dtype == np.float32
-    in_scores = detector.score(calibration.taps)
-    assert np.median(in_scores) > np.median(result["mahalanobis_score"])
-
-
-def test_logistic_ensemble_weighs_the_informative_tap_more(rng: np.random.Generator) -> None:
-    train, calibration, ood = _split(rng)
-    detector = Mahalanobis.fit(train, calibration, ("a", "b"), ood_validation=ood)
-    assert detector.weights[0] > detector.weights[1]
-
-
-def test_artifact_round_trip(rng: np.random.Generator, tmp_path: Path) -> None:
-    train, calibration, ood = _split(rng)
-    detector = Mahalanobis.fit(train, calibration, ("a", "b"), ood_validation=ood)
-    detector.save(tmp_path)
-    loaded = Mahalanobis.load(tmp_path)
-    for key, value in detector.evaluate(ood, np.zeros((300, 3))).items():
-        np.testing.assert_array_equal(loaded.evaluate(ood, np.zeros((300, 3)))[key], value)
-    loaded.check_model({"a": 3, "b": 3}, 3)
-    with pytest.raises(ArtifactError, match="tap 'b' has 4 features in the model"):
-        loaded.check_model({"a": 3, "b": 4}, 3)
-    with pytest.raises(ArtifactError, match="tap 'a' is not an output"):
-        loaded.check_model({"b": 3}, 3)
-
-
-def test_broken_artifacts_name_the_file(rng: np.random.Generator, tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match=r"mahalanobis\.npz: missing"):
-        Mahalanobis.load(tmp_path)
-    train, calibration, _ = _split(rng)
-    Mahalanobis.fit(train, calibration, ("a", "b")).save(tmp_path)
-    (tmp_path / "mahalanobis.json").write_text("{not json")
-    with pytest.raises(ArtifactError, match=r"mahalanobis\.json: unreadable"):
-        Mahalanobis.load(tmp_path)
-    (tmp_path / "mahalanobis.json").write_text('{"taps": ["a", "b"]}')
-    with pytest.raises(ArtifactError, match=r"mahalanobis\.json: bad field"):
-        Mahalanobis.load(tmp_path)
+    single = np.array([[3.0, 4.0]], dtype=np.float32)
+    assert prepared(single, normalise=True).dtype == np.float64
+    assert prepared(single, normalise=False).dtype == np.float64

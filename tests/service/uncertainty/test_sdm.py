@@ -234,3 +234,57 @@ def test_vectorised_ecdf_counts_equal_per_class_binary_searches(rng: np.random.G
     x = np.array([-1.0, 0.0, 2.0, 2.5, 5.0, 9.0])  # ties with stored values included
     expected = np.stack([1.0 - ecdf_below(t, x) for t in tables]).min(axis=0)
     np.testing.assert_array_equal(sdm.distance(x), expected)
+
+
+def _labelled(rng: np.random.Generator, n_per_class: int) -> FeatureSet:
+    x, y = gaussian_classes(rng, n_per_class, MEANS, COV)
+    return FeatureSet(taps={"h": x}, logits=lda_logits(x), labels=y)
+
+
+def test_cross_fitted_calibration_uses_every_point_and_serves_all_of_them(
+    rng: np.random.Generator,
+) -> None:
+    labelled = _labelled(rng, 200)
+    sdm = SDM.fit_cross_fitted(labelled, "h", numpy_scaled_softmax, alpha=0.9, k=100, folds=5)
+    # Every labelled point is a calibration point (its q′ is in its class's table) and the
+    # served support is all of them.
+    assert sum(len(t) for t in sdm.q_prime_tables) == len(labelled.labels)
+    assert len(sdm.support_labels) == len(labelled.labels)
+    assert math.isfinite(sdm.q_prime_min)
+    x, y = gaussian_classes(rng, 1000, MEANS, COV)
+    logits = lda_logits(x)
+    admitted = sdm.evaluate({"h": x}, logits)["sdm_reliable"]
+    assert 0.2 < admitted.mean() < 1.0
+    tolerance = 1.96 * math.sqrt(0.9 * 0.1 / admitted.sum())
+    assert (logits.argmax(axis=1)[admitted] == y[admitted]).mean() >= 0.9 - tolerance
+
+
+def test_cross_fitted_points_never_count_themselves(rng: np.random.Generator) -> None:
+    # Exact duplicates across the set: a point's nearest distance can be 0 only through its
+    # duplicate (in another fold), never through itself.
+    labelled = _labelled(rng, 60)
+    sdm = SDM.fit_cross_fitted(labelled, "h", numpy_scaled_softmax, alpha=0.9, k=50, folds=3)
+    assert min(float(t[0]) for t in sdm.distance_tables) > 0.0
+    doubled = FeatureSet(
+        taps={"h": np.vstack([labelled.taps["h"]] * 2)},
+        logits=np.vstack([labelled.logits] * 2),
+        labels=np.concatenate([labelled.labels] * 2),
+    )
+    with_twins = SDM.fit_cross_fitted(doubled, "h", numpy_scaled_softmax, alpha=0.9, k=50, folds=3)
+    assert min(float(t[0]) for t in with_twins.distance_tables) == 0.0
+
+
+def test_cross_fitting_is_seeded(rng: np.random.Generator) -> None:
+    labelled = _labelled(rng, 80)
+    fits = [
+        SDM.fit_cross_fitted(labelled, "h", numpy_scaled_softmax, alpha=0.9, k=50, seed=seed)
+        for seed in (0, 0, 1)
+    ]
+    for a, b in zip(fits[0].q_prime_tables, fits[1].q_prime_tables, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(fits[0].q_prime_tables, fits[2].q_prime_tables, strict=True)
+    )
+    with pytest.raises(ValueError, match="folds"):
+        SDM.fit_cross_fitted(labelled, "h", numpy_scaled_softmax, folds=1)
