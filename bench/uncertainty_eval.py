@@ -335,7 +335,6 @@ def evaluate(name: str, entry: Path, splits: Splits, version: int) -> list[str]:
     ]
     if splits.text is not None:
         near = next(n for n in oods if n.startswith("songs"))
-        last = spec.taps[-1]
         # The served detector, the baseline, and the last tap's Mahalanobis with and without
         # L2 normalisation (the served one appears once).
         compared_specs = [
