@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import shutil
 import sys
@@ -23,6 +24,11 @@ DEFAULT_MODELS = {
     "digits": "service.models.digits",
     "fortune-topics": "service.export.fortune_topics",
 }
+#: What build-defaults writes; bump it when a default model's build changes in a way an entry
+#: built before cannot be served with (2: OOD detector registry, fine-tuned fortune-topics).
+DEFAULTS_FORMAT = 2
+#: Written into each entry build-defaults builds, recording DEFAULTS_FORMAT.
+DEFAULTS_STAMP = ".build-defaults.json"
 
 
 @dataclass(frozen=True)
@@ -87,12 +93,27 @@ def build_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
+def built_format(entry: Path) -> int | None:
+    """The DEFAULTS_FORMAT an entry was built with (None: not by build-defaults, or unreadable)."""
+    try:
+        stamp = json.loads((entry / DEFAULTS_STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    value = stamp.get("format") if isinstance(stamp, dict) else None
+    return value if isinstance(value, int) else None
+
+
 def _build_entries(root: Path, force: bool, quiet: bool) -> None:
     for name, module_name in DEFAULT_MODELS.items():
         entry = root / name
         if entry.exists() and not force:
-            print(f"{name}: {entry} exists; --force rebuilds it")
-            continue
+            built = built_format(entry)
+            if built == DEFAULTS_FORMAT:
+                print(f"{name}: {entry} exists; --force rebuilds it")
+                continue
+            # An entry of an older build would not load with this version (e.g. uncertainty
+            # artifacts of another format): it is replaced rather than served broken.
+            print(f"{name}: {entry} was built by an older Surety (format {built}); rebuilding")
         # Written beside the entry under a hidden name, then renamed: a build that fails or is
         # interrupted never leaves a half-written entry for the server to trip on.
         staging = root / f".{name}.building"
@@ -100,6 +121,7 @@ def _build_entries(root: Path, force: bool, quiet: bool) -> None:
         print(f"{name}: building into {entry}")
         module = importlib.import_module(module_name)
         module.build(staging, progress=not quiet)
+        (staging / DEFAULTS_STAMP).write_text(json.dumps({"format": DEFAULTS_FORMAT}) + "\n")
         shutil.rmtree(entry, ignore_errors=True)
         staging.rename(entry)
         print(f"{name}: done")

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from service.cli import COMMANDS, DEFAULT_MODELS, main, parser
+from service.cli import (
+    COMMANDS,
+    DEFAULT_MODELS,
+    DEFAULTS_FORMAT,
+    DEFAULTS_STAMP,
+    built_format,
+    main,
+    parser,
+)
 
 
 def test_every_command_has_help():
@@ -28,6 +38,7 @@ def test_build_defaults_keeps_existing_entries(repository, tmp_path, capsys):
     shutil.copytree(repository / "digits", root / "digits")
     for name in DEFAULT_MODELS:
         (root / name).mkdir(exist_ok=True)
+        stamp(root / name, DEFAULTS_FORMAT)
     before = (root / "digits" / "config.yaml").stat().st_mtime_ns
     assert main(["build-defaults", "--model-repository", str(root)]) == 0
     out = capsys.readouterr().out
@@ -35,6 +46,24 @@ def test_build_defaults_keeps_existing_entries(repository, tmp_path, capsys):
         f"{name}: {root / name} exists; --force rebuilds it" in out for name in DEFAULT_MODELS
     )
     assert (root / "digits" / "config.yaml").stat().st_mtime_ns == before
+
+
+def stamp(entry: Path, version: int) -> None:
+    (entry / DEFAULTS_STAMP).write_text(json.dumps({"format": version}))
+
+
+def test_build_defaults_rebuilds_entries_of_an_older_format(repository, tmp_path, capsys):
+    root = tmp_path / "repo"
+    shutil.copytree(repository / "digits", root / "digits")
+    stamp(root / "digits", DEFAULTS_FORMAT - 1)
+    (root / "fortune-topics").mkdir()
+    stamp(root / "fortune-topics", DEFAULTS_FORMAT)
+    assert main(["build-defaults", "--model-repository", str(root), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"digits: {root / 'digits'} was built by an older Surety (format 1)" in out
+    assert "fortune-topics: " + str(root / "fortune-topics") + " exists" in out
+    assert built_format(root / "digits") == DEFAULTS_FORMAT
+    assert (root / "digits" / "1" / "uncertainty" / "ood.json").is_file()
 
 
 def test_defaults_include_the_text_model():
