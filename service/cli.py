@@ -240,7 +240,7 @@ COMMANDS = (
     Command("export", "export a model into the repository", _export_arguments, export),
     Command(
         "calibrate",
-        "fit Mahalanobis and SDM uncertainty for a model version",
+        "choose and fit the OOD detector and SDM for a model version",
         calibrate_arguments,
         calibrate_command,
     ),

@@ -113,7 +113,8 @@ class Metrics:
         )
         self.mahalanobis_score = Histogram(
             "surety_mahalanobis_score",
-            "Mahalanobis ensemble score of each request (higher = more in-distribution).",
+            "The served OOD detector's standardised score of each request "
+            "(higher = more in-distribution).",
             ["model"],
             buckets=MAHALANOBIS_BUCKETS,
             registry=r,

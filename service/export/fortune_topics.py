@@ -45,7 +45,7 @@ def build_fortune_topics(
     """Prepare the corpus (cached), fine-tune and export ``<out_dir>/fortune-topics``.
 
     ``export.json`` also records where the calibration and OOD sets are, for the calibration
-    step that fits Mahalanobis and SDM on the taps.
+    step that chooses and fits the OOD detector and SDM.
     """
     dataset = prepare_fortunes(data_dir, seed=seed)
     splits = {key: str(path) for key, path in dataset.split_paths().items()}

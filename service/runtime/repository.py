@@ -35,7 +35,7 @@ class ModelVersion:
     session: OnnxSession
     #: The input decoders (a text model's tokenizer), built with the version: see __post_init__.
     decoders: dict[str, InputDecoder] = field(init=False, repr=False)
-    #: Fitted Mahalanobis and SDM, or None when the version was never calibrated.
+    #: The fitted OOD detector and SDM, or None when the version was never calibrated.
     uncertainty: ServedUncertainty | None = None
 
     def __post_init__(self) -> None:

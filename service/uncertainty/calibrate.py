@@ -1,4 +1,4 @@
-"""`surety calibrate`: fit Mahalanobis and SDM for a model version and write its artifacts."""
+"""`surety calibrate`: choose and fit the OOD detector and SDM of a model version."""
 
 from __future__ import annotations
 
