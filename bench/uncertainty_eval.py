@@ -174,6 +174,50 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
+def truncation_section(
+    entry: Path,
+    version: int,
+    splits: Splits,
+    near: str,
+    specs: list[tuple[str, dict[str, object]]],
+    limits: tuple[int, ...] = (64, 128, 256),
+) -> list[str]:
+    """The same model served with other token limits (`text.max_length` in config.yaml): test
+    accuracy and AUROC against the near-OOD set, each detector refitted at that limit."""
+    config = (entry / "config.yaml").read_text()
+    text = OfflineModel.load(entry, version).config.inputs[0].text
+    served_limit = text.max_length if text is not None else None
+    if served_limit is None:
+        return ["(the model's config names no token limit to vary)"]
+    header = ["max_length", "test accuracy", *(label(m, p) for m, p in specs)]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    with tempfile.TemporaryDirectory() as scratch:
+        for limit in limits:
+            variant = Path(scratch) / str(limit)
+            variant.mkdir()
+            (variant / "config.yaml").write_text(
+                config.replace(f"max_length: {served_limit}", f"max_length: {limit}", 1)
+            )
+            (variant / str(version)).symlink_to((entry / str(version)).resolve())
+            model = OfflineModel.load(variant, version)
+            names = model.config.uncertainty.features
+            train = feature_set(model, splits.train, features=names)
+            calibration = feature_set(model, splits.calibration, features=names)
+            test = feature_set(model, splits.test, features=names)
+            ood = feature_set(model, splits.ood[near], labelled=False, features=names)
+            cells = []
+            for method, params in specs:
+                detector = fit_detector(train, calibration, method, params)
+                in_scores = detector.score(test.taps, test.logits)
+                cells.append(
+                    fmt(detection_metrics(in_scores, detector.score(ood.taps, ood.logits)).auroc)
+                )
+            accuracy = float(np.mean(test.predictions == test.labels))
+            mark = " (served)" if limit == served_limit else ""
+            rows.append(f"| {limit}{mark} | {accuracy:.4f} | " + " | ".join(cells) + " |")
+    return [f"AUROC against `{near}` when texts are cut at other token limits:", "", *rows]
+
+
 def interval(low_high: tuple[float, float]) -> str:
     return f"[{fmt(low_high[0])}, {fmt(low_high[1])}]"
 
@@ -337,9 +381,10 @@ def evaluate(name: str, entry: Path, splits: Splits, version: int) -> list[str]:
         near = next(n for n in oods if n.startswith("songs"))
         # The served detector, the baseline, and the last tap's Mahalanobis with and without
         # L2 normalisation (the served one appears once).
-        compared_specs = [
+        compared_specs: list[tuple[str, dict[str, object]]] = [
             ("msp", {}),
-            *(("mahalanobis", {"tap": spec.taps[-1], "normalise": n}) for n in (False, True)),
+            ("mahalanobis", {"tap": spec.taps[-1], "normalise": False}),
+            ("mahalanobis", {"tap": spec.taps[-1], "normalise": True}),
         ]
         served_spec = (served.method, served.detector.params())
         compared = {label(*served_spec) + " **(served)**": served.detector}
@@ -357,6 +402,8 @@ def evaluate(name: str, entry: Path, splits: Splits, version: int) -> list[str]:
                 word_counts(splits.ood[near], splits.text),
                 near,
             ),
+            "",
+            *truncation_section(entry, version, splits, near, compared_specs),
             "",
         ]
     lines += [
