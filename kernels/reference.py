@@ -14,7 +14,16 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RTOL", "TINY", "expected_score", "two_pass_softmax"]
+__all__ = [
+    "ESTIMATORS",
+    "PATTERNS",
+    "RTOL",
+    "TINY",
+    "attention_pattern",
+    "expected_score",
+    "sparse_attention",
+    "two_pass_softmax",
+]
 
 RTOL = 1e-5
 """Relative tolerance of the float32 kernels against these float64 references."""
@@ -148,3 +157,198 @@ def expected_score(
     empty = lse[:, 0] == -np.inf
     score = np.where(empty, np.nan, score)
     return score.astype(np.float64), probs
+
+
+PATTERNS = ("dense", "band", "block_local_global")
+"""Sparse sets of ``ai.surety::SparseAttention``: which keys a query attends to exactly."""
+
+ESTIMATORS = ("none", "sampled", "gaussian")
+"""How ``SparseAttention`` accounts for the softmax mass outside the sparse set."""
+
+
+def attention_pattern(
+    queries: int,
+    keys: int,
+    pattern: str,
+    *,
+    window: int = 0,
+    density: float = 0.0,
+    block_size: int = 64,
+    num_local_blocks: int = 1,
+    num_global: int = 0,
+) -> npt.NDArray[np.bool_]:
+    """The sparse set as a bool [S, T] (True = attended exactly), before padding and causality.
+
+    * ``dense``: every key.
+    * ``band``: |i − j| ≤ window // 2, with ``window`` = max(1, ⌊T·density⌋) when it is 0
+      (Re-ttention's band on the flattened index).
+    * ``block_local_global``: query block ⌊i/b⌋ and key block ⌊j/b⌋ at most ``num_local_blocks``
+      apart (b = ``block_size``), plus the first ``num_global`` tokens, which attend to every key
+      and are attended by every query (Longformer / BigBird's global tokens).
+    """
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern {pattern!r} is not one of {PATTERNS}")
+    i = np.arange(queries)[:, None]
+    j = np.arange(keys)[None, :]
+    if pattern == "dense":
+        return np.ones((queries, keys), dtype=bool)
+    if pattern == "band":
+        if window <= 0:
+            if not 0.0 < density <= 1.0:
+                raise ValueError("band needs window > 0 or density in (0, 1]")
+            window = max(1, int(np.floor(keys * density)))
+        return np.asarray(np.abs(i - j) <= window // 2)
+    if block_size <= 0 or num_local_blocks < 0 or num_global < 0:
+        raise ValueError(
+            "block_local_global needs block_size > 0, num_local_blocks, num_global >= 0"
+        )
+    local = np.abs(i // block_size - j // block_size) <= num_local_blocks
+    return np.asarray(local | (i < num_global) | (j < num_global))
+
+
+def _masked_lse_and_output(s: F64, kept: npt.NDArray[np.bool_], v: F64) -> tuple[F64, F64]:
+    """Per row: log Σ_{kept} e^{s} (−inf when nothing is kept) and softmax_{kept}(s) · V."""
+    probabilities, lse = _softmax_rows(s, kept)
+    return lse[..., 0], probabilities @ v
+
+
+def sparse_attention(
+    q: npt.ArrayLike,
+    k: npt.ArrayLike,
+    v: npt.ArrayLike,
+    num_heads: int,
+    *,
+    key_padding_mask: npt.ArrayLike | None = None,
+    scale: float = 0.0,
+    causal: bool = False,
+    pattern: str = "dense",
+    window: int = 0,
+    density: float = 0.0,
+    block_size: int = 64,
+    num_local_blocks: int = 1,
+    num_global: int = 0,
+    estimator: str = "none",
+    sample_stride: int = 32,
+) -> tuple[F64, F64]:
+    """Reference of ``ai.surety::SparseAttention``: ``(Y [B, S, H·dv], rho [B, H, S])``.
+
+    Layout BSNH as ORT's MultiHeadAttention: ``q`` [B, S, H·d], ``k`` [B, T, H·d], ``v``
+    [B, T, H·dv]; ``key_padding_mask`` [B, T] (nonzero = keep). Scores s_ij = scale · q_i · k_j
+    (scale 0 → 1/√d). A query's allowed keys A_i are those the padding mask keeps (and j ≤ i
+    when causal); its sparse set is S_i = pattern ∩ A_i, the rest of A_i is out of the set.
+
+    With D_S = Σ_{S_i} e^{s}, O_S = softmax over S_i of s times V, and an estimate of the
+    out-of-set mass D̂_out and output Ô_out, the output is the convex combination
+
+        Y_i = ρ̂_i · O_S + (1 − ρ̂_i) · Ô_out,   ρ̂_i = D_S / (D_S + D̂_out)
+
+    (Re-ttention's reshaping, single pass): dense attention is exactly ρ·O_S + (1 − ρ)·O_out.
+
+    * ``none``: ρ̂ = 1 (the plain renormalised sparse softmax).
+    * ``sampled``: rows 0, stride, 2·stride, … and the last are computed densely (there ρ and
+      O_out are exact, so Y is dense attention); other rows interpolate ρ and O_out linearly
+      between the sampled rows around them.
+    * ``gaussian``: keys and values of each (batch, head) taken as jointly Gaussian over the
+      keys the padding mask keeps (population moments μ_k, Σ_kk, μ_v, Σ_vk); with u = scale·q_i,
+      D̂_out = n_out · exp(u·μ_k + ½ uᵀΣ_kk u) and Ô_out = μ_v + Σ_vk u (the mean of v under
+      weights e^{u·k}), n_out = |A_i \\ S_i|.
+
+    A row with no allowed key gives Y = 0 and ρ = 0; a row with nothing out of the set has
+    ρ̂ = 1; a row whose sparse set is empty but has allowed keys gives ρ̂ = 0, Y = Ô_out.
+    Inputs are rounded to float32 as the op takes them; the arithmetic is float64.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator {estimator!r} is not one of {ESTIMATORS}")
+    if sample_stride <= 0:
+        raise ValueError("sample_stride must be positive")
+    q64, k64, v64 = (np.asarray(x, dtype=np.float32).astype(np.float64) for x in (q, k, v))
+    if q64.ndim != 3 or k64.ndim != 3 or v64.ndim != 3:
+        raise ValueError("Q, K, V must be [B, S, H·d], [B, T, H·d], [B, T, H·dv]")
+    batch, queries, width = q64.shape
+    if num_heads <= 0 or width % num_heads or v64.shape[2] % num_heads:
+        raise ValueError(f"num_heads {num_heads} does not divide Q width {width} / V width")
+    if k64.shape[:1] != (batch,) or v64.shape[:2] != k64.shape[:2] or k64.shape[2] != width:
+        raise ValueError(
+            f"shapes Q {list(q64.shape)}, K {list(k64.shape)}, V {list(v64.shape)} disagree"
+        )
+    keys = k64.shape[1]
+    d, dv = width // num_heads, v64.shape[2] // num_heads
+    factor = scale if scale != 0.0 else 1.0 / np.sqrt(d)
+    padding = (
+        np.ones((batch, keys), dtype=bool)
+        if key_padding_mask is None
+        else _broadcast_rows("key_padding_mask", np.asarray(key_padding_mask) != 0, (batch, keys))
+    )
+    sparse = attention_pattern(
+        queries, keys, pattern, window=window, density=density, block_size=block_size,
+        num_local_blocks=num_local_blocks, num_global=num_global,
+    )  # fmt: skip
+    order = np.arange(queries)[:, None] >= np.arange(keys)[None, :]
+    y = np.zeros((batch, queries, num_heads, dv))
+    rho = np.zeros((batch, num_heads, queries))
+    for b in range(batch):
+        allowed = np.broadcast_to(padding[b][None, :], (queries, keys))
+        if causal:
+            allowed = allowed & order
+        in_set, out_set = allowed & sparse, allowed & ~sparse
+        n_out = out_set.sum(axis=1)
+        live: npt.NDArray[np.bool_] = np.asarray(allowed.any(axis=1))
+        for h in range(num_heads):
+            qh = q64[b, :, h * d : (h + 1) * d]
+            kh = k64[b, :, h * d : (h + 1) * d]
+            vh = v64[b, :, h * dv : (h + 1) * dv]
+            s = factor * qh @ kh.T
+            lse_s, o_s = _masked_lse_and_output(s, in_set, vh)
+            weight, o_out = _out_of_set(
+                estimator, s, lse_s, out_set, factor * qh, kh, vh, padding[b], sample_stride
+            )
+            weight = np.where(n_out == 0, 1.0, weight)
+            weight = np.where(live, weight, 0.0)
+            out = weight[:, None] * o_s + (1.0 - weight)[:, None] * o_out
+            y[b, :, h, :] = np.where(live[:, None], out, 0.0)
+            rho[b, h, :] = weight
+    return y.reshape(batch, queries, num_heads * dv), rho
+
+
+def _kept_mass(lse_s: F64, log_out: F64) -> F64:
+    """ρ = D_S / (D_S + D_out) from log-masses (1 when D_out = 0, 0 when D_S = 0 < D_out)."""
+    with np.errstate(invalid="ignore"):
+        rho = np.exp(lse_s - np.logaddexp(lse_s, log_out))
+    return np.where(log_out == -np.inf, 1.0, np.where(lse_s == -np.inf, 0.0, rho))
+
+
+def _out_of_set(
+    estimator: str,
+    s: F64,
+    lse_s: F64,
+    out_set: npt.NDArray[np.bool_],
+    u: F64,
+    k: F64,
+    v: F64,
+    padding: npt.NDArray[np.bool_],
+    stride: int,
+) -> tuple[F64, F64]:
+    """(ρ̂ [S], Ô_out [S, dv]) of one (batch, head) for the estimator."""
+    rows = s.shape[0]
+    if estimator == "none":
+        return np.ones(rows), np.zeros((rows, v.shape[1]))
+    if estimator == "sampled":
+        sampled = np.unique(np.r_[np.arange(0, rows, stride), rows - 1])
+        lse_out, o_out = _masked_lse_and_output(s[sampled], out_set[sampled], v)
+        rho = _kept_mass(lse_s[sampled], lse_out)
+        position = np.arange(rows)
+        outputs = np.stack(
+            [np.interp(position, sampled, o_out[:, c]) for c in range(v.shape[1])], axis=1
+        )
+        return np.interp(position, sampled, rho), outputs.reshape(rows, v.shape[1])
+    kept_k, kept_v = k[padding], v[padding]
+    if len(kept_k) == 0:
+        return np.ones(rows), np.zeros((rows, v.shape[1]))
+    mu_k, mu_v = kept_k.mean(axis=0), kept_v.mean(axis=0)
+    centred_k, centred_v = kept_k - mu_k, kept_v - mu_v
+    sigma_kk = centred_k.T @ centred_k / len(kept_k)
+    sigma_vk = centred_v.T @ centred_k / len(kept_k)
+    n_out = out_set.sum(axis=1).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        log_out = np.log(n_out) + u @ mu_k + 0.5 * np.einsum("id,de,ie->i", u, sigma_kk, u)
+    return _kept_mass(lse_s, log_out), mu_v + u @ sigma_vk.T
