@@ -124,20 +124,15 @@ def _train_tap(train: FeatureSet, tap: str) -> FloatArray:
 
 
 @dataclass(frozen=True)
-class MaxSoftmax:
-    """`msp`: the largest softmax probability of the logits."""
+class _LogitsOnly:
+    """A detector of the logits alone: no parameters, nothing fitted, no feature read."""
 
-    method: ClassVar[str] = "msp"
+    method: ClassVar[str]
 
     @classmethod
     def fit(cls, train: FeatureSet, calibration: FeatureSet, **params: Any) -> Self:
         _settings(cls.method, params, {})
         return cls()
-
-    def score(self, features: Mapping[str, FloatArray], logits: FloatArray) -> NDArray[np.float64]:
-        z = np.asarray(logits, dtype=np.float64)
-        # exp(z_max − z_max) = 1 is the numerator; shifting by the max keeps every exp ≤ 1.
-        return np.asarray(1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1))
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -157,36 +152,27 @@ class MaxSoftmax:
 
 
 @dataclass(frozen=True)
-class Energy:
+class MaxSoftmax(_LogitsOnly):
+    """`msp`: the largest softmax probability of the logits."""
+
+    method: ClassVar[str] = "msp"
+
+    def score(self, features: Mapping[str, FloatArray], logits: FloatArray) -> NDArray[np.float64]:
+        z = np.asarray(logits, dtype=np.float64)
+        # exp(z_max − z_max) = 1 is the numerator; shifting by the max keeps every exp ≤ 1.
+        return np.asarray(1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1))
+
+
+@dataclass(frozen=True)
+class Energy(_LogitsOnly):
     """`energy`: the negative free energy logsumexp(z) at temperature 1."""
 
     method: ClassVar[str] = "energy"
-
-    @classmethod
-    def fit(cls, train: FeatureSet, calibration: FeatureSet, **params: Any) -> Self:
-        _settings(cls.method, params, {})
-        return cls()
 
     def score(self, features: Mapping[str, FloatArray], logits: FloatArray) -> NDArray[np.float64]:
         z = np.asarray(logits, dtype=np.float64)
         top = z.max(axis=1)
         return np.asarray(top + np.log(np.exp(z - top[:, None]).sum(axis=1)))
-
-    def params(self) -> dict[str, Any]:
-        return {}
-
-    def arrays(self) -> dict[str, NDArray[Any]]:
-        return {}
-
-    @classmethod
-    def restore(
-        cls, params: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]], source: Path
-    ) -> Self:
-        _restored_settings(cls.method, params, {}, source)
-        return cls()
-
-    def inputs(self) -> dict[str, int]:
-        return {}
 
 
 _TAP_KINDS: dict[str, type] = {"tap": str, "normalise": bool}
