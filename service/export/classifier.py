@@ -429,128 +429,103 @@ def _fine_tune(
     initialisation, dropout), the numpy generator the validation split and the batches.
     """
     import torch
+    from tqdm import tqdm
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tuning.seed)
-        return _fine_tune_seeded(
-            encoder,
-            tokenizer,
-            texts,
-            targets,
-            num_classes,
-            tuning,
-            show_progress=show_progress,
-            log=log,
+        rng = np.random.default_rng(tuning.seed)
+        held = _validation_split(targets, tuning.validation_fraction, rng)
+        fit = np.flatnonzero(~held)
+        fit_texts = [texts[i] for i in fit.tolist()]
+        fit_targets = torch.as_tensor(targets[fit])
+        val_texts = [texts[i] for i in np.flatnonzero(held).tolist()]
+        val_targets = torch.as_tensor(targets[held])
+        lengths = _token_lengths(tokenizer, fit_texts)
+
+        head = torch.nn.Linear(int(encoder.config.hidden_size), num_classes)
+        model = build_pooled_classifier(encoder, head)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": _trainable(encoder, tuning.layers), "lr": tuning.encoder_learning_rate},
+                {"params": head.parameters(), "lr": tuning.head_learning_rate},
+            ],
+            weight_decay=tuning.weight_decay,
         )
-
-
-def _fine_tune_seeded(
-    encoder: Any,
-    tokenizer: Tokenizer,
-    texts: Sequence[str],
-    targets: np.ndarray,
-    num_classes: int,
-    tuning: FineTuning,
-    *,
-    show_progress: bool,
-    log: Log,
-) -> _FineTuned:
-    import torch
-    from tqdm import tqdm
-
-    rng = np.random.default_rng(tuning.seed)
-    held = _validation_split(targets, tuning.validation_fraction, rng)
-    fit = np.flatnonzero(~held)
-    fit_texts = [texts[i] for i in fit.tolist()]
-    fit_targets = torch.as_tensor(targets[fit])
-    val_texts = [texts[i] for i in np.flatnonzero(held).tolist()]
-    val_targets = torch.as_tensor(targets[held])
-    lengths = _token_lengths(tokenizer, fit_texts)
-
-    head = torch.nn.Linear(int(encoder.config.hidden_size), num_classes)
-    model = build_pooled_classifier(encoder, head)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": _trainable(encoder, tuning.layers), "lr": tuning.encoder_learning_rate},
-            {"params": head.parameters(), "lr": tuning.head_learning_rate},
-        ],
-        weight_decay=tuning.weight_decay,
-    )
-    steps = tuning.max_epochs * math.ceil(len(fit) / tuning.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_then_decay(steps, tuning.warmup_fraction)
-    )
-    epochs: list[_Epoch] = []
-    best: tuple[tuple[float, float], int, dict[str, torch.Tensor]] | None = None
-    for epoch in range(1, tuning.max_epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        total_loss = 0.0
-        progress = tqdm(
-            _length_batches(lengths, tuning.batch_size, rng),
-            desc=f"fine-tuning {epoch}/{tuning.max_epochs}",
-            unit="batch",
-            disable=not show_progress,
-            file=sys.stderr,
+        steps = tuning.max_epochs * math.ceil(len(fit) / tuning.batch_size)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _warmup_then_decay(steps, tuning.warmup_fraction)
         )
-        for indices in progress:
-            batch = EncodedBatch.encode(tokenizer, [fit_texts[i] for i in indices])
-            logits = model(batch.input_ids, batch.attention_mask)[0]
-            loss = torch.nn.functional.cross_entropy(logits, fit_targets[indices])
-            optimizer.zero_grad()
-            torch.autograd.backward(loss)
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item() * len(indices)
-            progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        accuracy: float | None = None
-        validation_loss: float | None = None
-        if val_texts:
-            features = _embed(
-                encoder,
-                tokenizer,
-                val_texts,
-                batch_size=tuning.batch_size,
-                desc="validation",
-                show_progress=show_progress,
+        epochs: list[_Epoch] = []
+        best: tuple[tuple[float, float], int, dict[str, torch.Tensor]] | None = None
+        for epoch in range(1, tuning.max_epochs + 1):
+            started = time.perf_counter()
+            model.train()
+            total_loss = 0.0
+            progress = tqdm(
+                _length_batches(lengths, tuning.batch_size, rng),
+                desc=f"fine-tuning {epoch}/{tuning.max_epochs}",
+                unit="batch",
+                disable=not show_progress,
+                file=sys.stderr,
             )
-            accuracy = _accuracy(head, features, val_targets)
-            with torch.no_grad():
-                logits = head(features)
-            validation_loss = float(torch.nn.functional.cross_entropy(logits, val_targets))
-        epochs.append(
-            _Epoch(
-                epoch,
-                total_loss / len(fit),
-                accuracy,
-                validation_loss,
-                round(time.perf_counter() - started, 3),
+            for indices in progress:
+                batch = EncodedBatch.encode(tokenizer, [fit_texts[i] for i in indices])
+                logits = model(batch.input_ids, batch.attention_mask)[0]
+                loss = torch.nn.functional.cross_entropy(logits, fit_targets[indices])
+                optimizer.zero_grad()
+                torch.autograd.backward(loss)
+                optimizer.step()
+                schedule.step()
+                total_loss += loss.item() * len(indices)
+                progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            accuracy: float | None = None
+            validation_loss: float | None = None
+            if val_texts:
+                features = _embed(
+                    encoder,
+                    tokenizer,
+                    val_texts,
+                    batch_size=tuning.batch_size,
+                    desc="validation",
+                    show_progress=show_progress,
+                )
+                accuracy = _accuracy(head, features, val_targets)
+                with torch.no_grad():
+                    logits = head(features)
+                validation_loss = float(torch.nn.functional.cross_entropy(logits, val_targets))
+            epochs.append(
+                _Epoch(
+                    epoch,
+                    total_loss / len(fit),
+                    accuracy,
+                    validation_loss,
+                    round(time.perf_counter() - started, 3),
+                )
             )
-        )
-        log(
-            f"epoch {epoch}/{tuning.max_epochs}: train loss {epochs[-1].train_loss:.4f}, "
-            + (
-                f"validation accuracy {accuracy:.4f} (loss {validation_loss:.4f}), "
-                if accuracy is not None and validation_loss is not None
-                else ""
+            log(
+                f"epoch {epoch}/{tuning.max_epochs}: train loss {epochs[-1].train_loss:.4f}, "
+                + (
+                    f"validation accuracy {accuracy:.4f} (loss {validation_loss:.4f}), "
+                    if accuracy is not None and validation_loss is not None
+                    else ""
+                )
+                + f"{epochs[-1].seconds:.0f} s"
             )
-            + f"{epochs[-1].seconds:.0f} s"
-        )
-        if accuracy is None or validation_loss is None:
-            continue
-        # Accuracy is what the model is for; the loss only breaks ties (small splits tie often).
-        key = (accuracy, -validation_loss)
-        if best is None or key > best[0]:
-            best = (key, epoch, copy.deepcopy(model.state_dict()))
-        elif epoch - best[1] >= tuning.patience:
-            log(f"stopping: no improvement for {tuning.patience} epoch(s)")
-            break
-    best_epoch = len(epochs)
-    if best is not None:
-        _, best_epoch, state = best
-        model.load_state_dict(state)
-    model.eval()
-    return _FineTuned(head, epochs, best_epoch, len(val_texts))
+            if accuracy is None or validation_loss is None:
+                continue
+            # Accuracy is what the model is for; the loss only breaks ties (small splits tie often).
+            key = (accuracy, -validation_loss)
+            if best is None or key > best[0]:
+                best = (key, epoch, copy.deepcopy(model.state_dict()))
+            elif epoch - best[1] >= tuning.patience:
+                log(f"stopping: no improvement for {tuning.patience} epoch(s)")
+                break
+        best_epoch = len(epochs)
+        if best is not None:
+            _, best_epoch, state = best
+            model.load_state_dict(state)
+        model.eval()
+        return _FineTuned(head, epochs, best_epoch, len(val_texts))
 
 
 def _export_onnx(

@@ -190,11 +190,17 @@ class ClassMahalanobis:
 
     @classmethod
     def fit(cls, train: FeatureSet, calibration: FeatureSet, **params: Any) -> Self:
+        s, _, gaussian = cls._class_gaussians(train, params)
+        return cls(s["tap"], s["normalise"], gaussian)
+
+    @classmethod
+    def _class_gaussians(
+        cls, train: FeatureSet, params: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], NDArray[np.float64], TapGaussian]:
+        """(settings, the prepared training features, their class Gaussians)."""
         s = _settings(cls.method, params, _TAP_KINDS)
         features = prepared(_train_tap(train, s["tap"]), s["normalise"])
-        return cls(
-            s["tap"], s["normalise"], TapGaussian.fit(features, train.labels, train.num_classes)
-        )
+        return s, features, TapGaussian.fit(features, train.labels, train.num_classes)
 
     def score(self, features: Mapping[str, FloatArray], logits: FloatArray) -> NDArray[np.float64]:
         return self.gaussian.score(prepared(features[self.tap], self.normalise))
@@ -217,21 +223,16 @@ class ClassMahalanobis:
 
 
 @dataclass(frozen=True)
-class RelativeMahalanobis:
+class RelativeMahalanobis(ClassMahalanobis):
     """`relative_mahalanobis`: the class Gaussians' score relative to one background Gaussian."""
 
     method: ClassVar[str] = "relative_mahalanobis"
 
-    tap: str
-    normalise: bool
-    gaussian: TapGaussian
     background: TapGaussian  # one class: the mean and covariance of all training features
 
     @classmethod
     def fit(cls, train: FeatureSet, calibration: FeatureSet, **params: Any) -> Self:
-        s = _settings(cls.method, params, _TAP_KINDS)
-        features = prepared(_train_tap(train, s["tap"]), s["normalise"])
-        gaussian = TapGaussian.fit(features, train.labels, train.num_classes)
+        s, features, gaussian = cls._class_gaussians(train, params)
         background = TapGaussian.fit(features, np.zeros(len(features), dtype=np.int64), 1)
         return cls(s["tap"], s["normalise"], gaussian, background)
 
@@ -239,9 +240,6 @@ class RelativeMahalanobis:
         f = prepared(features[self.tap], self.normalise)
         # max_c −MD_c − (−MD_0): TapGaussian scores are already the negated distances.
         return self.gaussian.score(f) - self.background.score(f)
-
-    def params(self) -> dict[str, Any]:
-        return {"tap": self.tap, "normalise": self.normalise}
 
     def arrays(self) -> dict[str, NDArray[Any]]:
         return {**self.gaussian.arrays(), **self.background.arrays("_background")}
@@ -260,9 +258,6 @@ class RelativeMahalanobis:
                 f"{background.whitened_means.shape[0]} means, expected {width} features, 1 mean"
             )
         return cls(s["tap"], s["normalise"], gaussian, background)
-
-    def inputs(self) -> dict[str, int]:
-        return {self.tap: int(self.gaussian.whitening.shape[0])}
 
 
 _KNN_KINDS: dict[str, type] = {"tap": str, "k": int}
