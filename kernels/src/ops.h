@@ -9,5 +9,6 @@ namespace surety {
 // (ORT keeps pointers to it in every session that uses the domain).
 OrtCustomOp* two_pass_softmax_op();
 OrtCustomOp* expected_score_op();
+OrtCustomOp* sparse_attention_op();
 
 }  // namespace surety

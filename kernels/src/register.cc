@@ -20,6 +20,7 @@ using OpFactory = OrtCustomOp* (*)();
 constexpr OpFactory kOps[] = {
     two_pass_softmax_op,
     expected_score_op,
+    sparse_attention_op,
 };
 
 // One domain for the process, built on first registration and never freed: every session that

@@ -1,0 +1,514 @@
+#include "attention/sparse_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace surety {
+namespace {
+
+// A tile is kQueryTile queries × kKeyTile keys: the score and probability tiles (16 KiB each)
+// and one key tile of K and V stay in L1/L2 while the query tile's accumulators are updated.
+constexpr size_t kQueryTile = 64;
+constexpr size_t kKeyTile = 64;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+size_t round_up(size_t x, size_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+// Keys [lo, hi).
+struct Span {
+  int64_t lo;
+  int64_t hi;
+};
+
+// The sparse set of a query, as at most two spans of keys (the pattern only: padding and
+// causality are applied apart).
+class PatternSpans {
+ public:
+  PatternSpans(const SparseAttentionConfig& c, int64_t keys) : c_(c), keys_(keys) {
+    if (c.pattern == AttentionPattern::kBand) {
+      int64_t window = c.window;
+      if (window <= 0) {
+        window = std::max<int64_t>(1, static_cast<int64_t>(std::floor(static_cast<double>(keys) * c.density)));
+      }
+      half_ = window / 2;
+    }
+  }
+
+  int spans(int64_t i, Span* out) const {
+    switch (c_.pattern) {
+      case AttentionPattern::kDense:
+        out[0] = {0, keys_};
+        return 1;
+      case AttentionPattern::kBand:
+        out[0] = {std::max<int64_t>(0, i - half_), std::min<int64_t>(keys_, i + half_ + 1)};
+        return out[0].lo < out[0].hi ? 1 : 0;
+      case AttentionPattern::kBlockLocalGlobal: {
+        if (i < c_.num_global) {
+          out[0] = {0, keys_};
+          return 1;
+        }
+        int n = 0;
+        if (c_.num_global > 0) out[n++] = {0, std::min(c_.num_global, keys_)};
+        // Neighbouring blocks up to num_local_blocks away; more than keys_ blocks away is all.
+        const int64_t block = i / c_.block_size;
+        const int64_t reach = std::min(c_.num_local_blocks, keys_);
+        const int64_t lo = std::max<int64_t>(0, (block - reach) * c_.block_size);
+        const int64_t hi = std::min<int64_t>(keys_, (block + reach + 1) * c_.block_size);
+        if (lo < hi) out[n++] = {lo, hi};
+        return n;
+      }
+    }
+    return 0;
+  }
+
+ private:
+  const SparseAttentionConfig& c_;
+  int64_t keys_;
+  int64_t half_ = 0;
+};
+
+// What one batch row shares across heads: the padding mask, its prefix counts (how many keys a
+// query is allowed) and whether each key tile keeps all of its keys.
+struct BatchKeys {
+  const uint8_t* keep = nullptr;  // [keys] or null (all kept)
+  std::vector<int64_t> prefix;    // prefix[j] = kept keys among the first j
+  std::vector<uint8_t> tile_full;  // per key tile: every key in it kept
+};
+
+// One (batch, head): K transposed and V, packed per key tile with zero padding, and the
+// moments the gaussian estimator uses.
+struct HeadData {
+  std::vector<float> kt;  // tile t: [d][kKeyTile] at t·d·kKeyTile
+  std::vector<float> v;   // [tiles·kKeyTile][dv_pad]
+  // gaussian: μ_k [d], Σ_kk [d][d_pad], μ_v [dv_pad], Σ_kv [d][dv_pad] (population moments over
+  // the kept keys; Σ_kv = Σ_vkᵀ so that Ô_out = μ_v + u·Σ_kv is a row-times-matrix product).
+  std::vector<float> mu_k, sigma_kk, mu_v, sigma_kv;
+  bool has_moments = false;
+  // sampled: ρ and Ô_out at the sampled rows.
+  std::vector<float> sample_rho;    // [samples]
+  std::vector<float> sample_out;    // [samples][dv_pad]
+};
+
+enum class KeySelect { kInSet, kOutOfSet };
+
+// The online-softmax state of a tile of query rows: running max m (scaled scores), running sum
+// l of e^(s − m), count of keys seen, and the unnormalised output Σ e^(s − m)·v.
+struct RowState {
+  explicit RowState(size_t dv_pad)
+      : m(kQueryTile, kNegInf), l(kQueryTile, 0.0f), count(kQueryTile, 0), invalid(kQueryTile, 0),
+        acc(kQueryTile * dv_pad, 0.0f) {}
+  void reset() {
+    std::fill(m.begin(), m.end(), kNegInf);
+    std::fill(l.begin(), l.end(), 0.0f);
+    std::fill(count.begin(), count.end(), 0);
+    std::fill(invalid.begin(), invalid.end(), 0);
+    std::fill(acc.begin(), acc.end(), 0.0f);
+  }
+  std::vector<float> m, l;
+  std::vector<int64_t> count;
+  std::vector<uint8_t> invalid;  // a NaN or +inf score was met
+  std::vector<float> acc;
+  // log Σ e^s over what was seen (−inf when nothing).
+  double lse(size_t r) const { return l[r] > 0.0f ? static_cast<double>(m[r]) + std::log(static_cast<double>(l[r])) : -INFINITY; }
+};
+
+bool has_nan(size_t n, const float* x, const uint8_t* mask) {
+  for (size_t j = 0; j < n; ++j) {
+    if ((mask == nullptr || mask[j] != 0) && std::isnan(x[j])) return true;
+  }
+  return false;
+}
+
+// ρ = D_S / (D_S + D_out) from log-masses: 1 when D_out = 0, 0 when D_S = 0 < D_out.
+double kept_mass(double lse_in, double log_out) {
+  if (log_out == -INFINITY) return 1.0;
+  if (lse_in == -INFINITY) return 0.0;
+  return 1.0 / (1.0 + std::exp(log_out - lse_in));
+}
+
+class Attention {
+ public:
+  Attention(const F32AttentionKernels& gemm, const F32SoftmaxKernels& softmax, const SparseAttentionConfig& config,
+            const SparseAttentionProblem& p)
+      : gemm_(gemm.gemm),
+        sm_(softmax),
+        c_(config),
+        p_(p),
+        pattern_(config, p.keys),
+        heads_(config.num_heads),
+        d_(static_cast<size_t>(p.d)),
+        dv_(static_cast<size_t>(p.dv)),
+        d_pad_(round_up(d_, kF32GemmColumnMultiple)),
+        dv_pad_(round_up(dv_, kF32GemmColumnMultiple)),
+        key_tiles_(round_up(static_cast<size_t>(p.keys), kKeyTile) / kKeyTile),
+        query_tiles_(round_up(static_cast<size_t>(p.queries), kQueryTile) / kQueryTile),
+        scale_(config.scale != 0.0f ? config.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.d)))) {}
+
+  void run(const TaskRunner& run) {
+    prepare_batches();
+    const size_t heads = static_cast<size_t>(p_.batch * heads_);
+    heads_data_.resize(heads);
+    run(heads, [&](size_t bh) { prepare_head(bh); });
+    if (c_.estimator == MassEstimator::kSampled) {
+      for (int64_t i = 0; i < p_.queries; i += c_.sample_stride) samples_.push_back(i);
+      if (samples_.empty() || samples_.back() != p_.queries - 1) samples_.push_back(p_.queries - 1);
+      if (p_.queries == 0) samples_.clear();
+      const size_t groups = round_up(samples_.size(), kQueryTile) / kQueryTile;
+      for (HeadData& h : heads_data_) {
+        h.sample_rho.assign(samples_.size(), 0.0f);
+        h.sample_out.assign(samples_.size() * dv_pad_, 0.0f);
+      }
+      run(heads * groups, [&](size_t t) { sample_rows(t / groups, t % groups); });
+    }
+    run(heads * query_tiles_, [&](size_t t) { query_tile(t / query_tiles_, t % query_tiles_); });
+  }
+
+ private:
+  const uint8_t* keep_row(int64_t b) const { return p_.keep != nullptr ? p_.keep + b * p_.keys : nullptr; }
+
+  void prepare_batches() {
+    batches_.resize(static_cast<size_t>(p_.batch));
+    for (int64_t b = 0; b < p_.batch; ++b) {
+      BatchKeys& bk = batches_[static_cast<size_t>(b)];
+      bk.keep = keep_row(b);
+      bk.prefix.assign(static_cast<size_t>(p_.keys) + 1, 0);
+      for (int64_t j = 0; j < p_.keys; ++j) {
+        bk.prefix[static_cast<size_t>(j) + 1] = bk.prefix[static_cast<size_t>(j)] + (bk.keep == nullptr || bk.keep[j] != 0);
+      }
+      bk.tile_full.assign(key_tiles_, 1);
+      for (size_t t = 0; t < key_tiles_; ++t) {
+        const size_t j0 = t * kKeyTile;
+        const size_t j1 = std::min(j0 + kKeyTile, static_cast<size_t>(p_.keys));
+        bk.tile_full[t] = bk.prefix[j1] - bk.prefix[j0] == static_cast<int64_t>(j1 - j0);
+      }
+    }
+  }
+
+  // Packs K transposed and V of one (batch, head), and fits the gaussian moments.
+  void prepare_head(size_t bh) {
+    const int64_t b = static_cast<int64_t>(bh) / heads_;
+    const int64_t h = static_cast<int64_t>(bh) % heads_;
+    HeadData& hd = heads_data_[bh];
+    const size_t keys = static_cast<size_t>(p_.keys);
+    const size_t k_stride = static_cast<size_t>(heads_) * d_;
+    const size_t v_stride = static_cast<size_t>(heads_) * dv_;
+    const float* k = p_.k + static_cast<size_t>(b) * keys * k_stride + static_cast<size_t>(h) * d_;
+    const float* v = p_.v + static_cast<size_t>(b) * keys * v_stride + static_cast<size_t>(h) * dv_;
+    hd.kt.assign(key_tiles_ * d_ * kKeyTile, 0.0f);
+    hd.v.assign(key_tiles_ * kKeyTile * dv_pad_, 0.0f);
+    for (size_t j = 0; j < keys; ++j) {
+      float* kt = hd.kt.data() + (j / kKeyTile) * d_ * kKeyTile + j % kKeyTile;
+      const float* kj = k + j * k_stride;
+      for (size_t c = 0; c < d_; ++c) kt[c * kKeyTile] = kj[c];
+      std::memcpy(hd.v.data() + j * dv_pad_, v + j * v_stride, dv_ * sizeof(float));
+    }
+    if (c_.estimator == MassEstimator::kGaussian) fit_moments(batches_[static_cast<size_t>(b)], k, k_stride, v, v_stride, &hd);
+  }
+
+  // Population mean and covariances of the kept keys and values, centred before the products
+  // (Σ = E[(k − μ)(k − μ)ᵀ], not E[kkᵀ] − μμᵀ, whose float32 cancellation loses the spread when
+  // the keys share a large offset, as projected keys with a bias do).
+  void fit_moments(const BatchKeys& bk, const float* k, size_t k_stride, const float* v, size_t v_stride,
+                   HeadData* hd) const {
+    const size_t kept = static_cast<size_t>(bk.prefix.back());
+    if (kept == 0) return;
+    std::vector<double> mean_k(d_, 0.0), mean_v(dv_, 0.0);
+    for (int64_t j = 0; j < p_.keys; ++j) {
+      if (bk.keep != nullptr && bk.keep[j] == 0) continue;
+      for (size_t c = 0; c < d_; ++c) mean_k[c] += k[static_cast<size_t>(j) * k_stride + c];
+      for (size_t c = 0; c < dv_; ++c) mean_v[c] += v[static_cast<size_t>(j) * v_stride + c];
+    }
+    hd->mu_k.assign(d_, 0.0f);
+    hd->mu_v.assign(dv_pad_, 0.0f);
+    for (size_t c = 0; c < d_; ++c) hd->mu_k[c] = static_cast<float>(mean_k[c] / static_cast<double>(kept));
+    for (size_t c = 0; c < dv_; ++c) hd->mu_v[c] = static_cast<float>(mean_v[c] / static_cast<double>(kept));
+    // Centred kept rows: Kcᵀ [d][n] (A), Kc [n][d_pad] and Vc [n][dv_pad] (B).
+    std::vector<float> kct(d_ * kept), kc(kept * d_pad_, 0.0f), vc(kept * dv_pad_, 0.0f);
+    size_t row = 0;
+    for (int64_t j = 0; j < p_.keys; ++j) {
+      if (bk.keep != nullptr && bk.keep[j] == 0) continue;
+      for (size_t c = 0; c < d_; ++c) {
+        const float centred = k[static_cast<size_t>(j) * k_stride + c] - hd->mu_k[c];
+        kct[c * kept + row] = centred;
+        kc[row * d_pad_ + c] = centred;
+      }
+      for (size_t c = 0; c < dv_; ++c) vc[row * dv_pad_ + c] = v[static_cast<size_t>(j) * v_stride + c] - hd->mu_v[c];
+      ++row;
+    }
+    hd->sigma_kk.assign(d_ * d_pad_, 0.0f);
+    hd->sigma_kv.assign(d_ * dv_pad_, 0.0f);
+    gemm_(d_, d_pad_, kept, kct.data(), kept, kc.data(), d_pad_, hd->sigma_kk.data(), d_pad_, false);
+    gemm_(d_, dv_pad_, kept, kct.data(), kept, vc.data(), dv_pad_, hd->sigma_kv.data(), dv_pad_, false);
+    const float inv = static_cast<float>(1.0 / static_cast<double>(kept));
+    for (float& x : hd->sigma_kk) x *= inv;
+    for (float& x : hd->sigma_kv) x *= inv;
+    hd->has_moments = true;
+  }
+
+  // The keys query `pos` may attend at all: those before it when causal, else every key.
+  int64_t allowed_end(int64_t pos) const { return c_.causal ? std::min(pos + 1, p_.keys) : p_.keys; }
+
+  // Row `pos`'s mask over keys [j0, j0 + n) for `select`: null when every key is selected,
+  // else written to `mask`. Returns how many keys are selected.
+  size_t row_mask(const BatchKeys& bk, size_t tile, int64_t pos, KeySelect select, uint8_t* mask,
+                  const uint8_t** out) const {
+    const int64_t j0 = static_cast<int64_t>(tile * kKeyTile);
+    const int64_t j1 = std::min(j0 + static_cast<int64_t>(kKeyTile), p_.keys);
+    const int64_t n = j1 - j0;
+    const int64_t allowed_hi = allowed_end(pos);
+    Span spans[2];
+    const int count = pattern_.spans(pos, spans);
+    const bool all_allowed = allowed_hi >= j1 && bk.tile_full[tile];
+    bool covered = false;   // some span covers the tile
+    bool touched = false;   // some span meets the tile
+    for (int s = 0; s < count; ++s) {
+      covered = covered || (spans[s].lo <= j0 && spans[s].hi >= j1);
+      touched = touched || (spans[s].lo < j1 && spans[s].hi > j0);
+    }
+    *out = nullptr;
+    if (select == KeySelect::kInSet) {
+      if (covered && all_allowed) return static_cast<size_t>(n);
+      if (!touched) return 0;
+      std::memset(mask, 0, static_cast<size_t>(n));
+      for (int s = 0; s < count; ++s) {
+        const int64_t lo = std::max(spans[s].lo, j0);
+        const int64_t hi = std::min({spans[s].hi, j1, allowed_hi});
+        if (lo < hi) std::memset(mask + (lo - j0), 1, static_cast<size_t>(hi - lo));
+      }
+    } else {
+      if (covered || allowed_hi <= j0) return 0;
+      if (!touched && all_allowed) return static_cast<size_t>(n);
+      std::memset(mask, 0, static_cast<size_t>(n));
+      if (allowed_hi > j0) std::memset(mask, 1, static_cast<size_t>(std::min(allowed_hi, j1) - j0));
+      for (int s = 0; s < count; ++s) {
+        const int64_t lo = std::max(spans[s].lo, j0);
+        const int64_t hi = std::min(spans[s].hi, j1);
+        if (lo < hi) std::memset(mask + (lo - j0), 0, static_cast<size_t>(hi - lo));
+      }
+    }
+    size_t kept = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      mask[j] = static_cast<uint8_t>(mask[j] & (bk.keep == nullptr || bk.keep[j0 + j] != 0));
+      kept += mask[j];
+    }
+    *out = mask;
+    return kept;
+  }
+
+  // The key tiles some row of `pos` selects keys from.
+  void select_tiles(const int64_t* pos, size_t rows, KeySelect select, std::vector<uint8_t>* used) const {
+    used->assign(key_tiles_, 0);
+    auto mark = [&](int64_t lo, int64_t hi) {
+      if (lo >= hi) return;
+      for (size_t t = static_cast<size_t>(lo) / kKeyTile; t <= static_cast<size_t>(hi - 1) / kKeyTile; ++t) (*used)[t] = 1;
+    };
+    for (size_t r = 0; r < rows; ++r) {
+      const int64_t allowed_hi = allowed_end(pos[r]);
+      if (select == KeySelect::kOutOfSet) {
+        mark(0, allowed_hi);
+        continue;
+      }
+      Span spans[2];
+      const int count = pattern_.spans(pos[r], spans);
+      for (int s = 0; s < count; ++s) mark(spans[s].lo, std::min(spans[s].hi, allowed_hi));
+    }
+  }
+
+  // Online softmax of `rows` queries (rows of `a`, lda apart, at key positions `pos`) over the
+  // keys `select` picks, accumulated into `st`.
+  void attend(const BatchKeys& bk, const HeadData& hd, const float* a, size_t lda, const int64_t* pos, size_t rows,
+              KeySelect select, RowState* st) const {
+    std::vector<uint8_t> used;
+    select_tiles(pos, rows, select, &used);
+    std::vector<float> scores(kQueryTile * kKeyTile), probs(kQueryTile * kKeyTile);
+    uint8_t mask[kKeyTile];
+    for (size_t t = 0; t < key_tiles_; ++t) {
+      if (!used[t]) continue;
+      const size_t j0 = t * kKeyTile;
+      const size_t n = std::min(kKeyTile, static_cast<size_t>(p_.keys) - j0);
+      gemm_(rows, kKeyTile, d_, a, lda, hd.kt.data() + t * d_ * kKeyTile, kKeyTile, scores.data(), kKeyTile, false);
+      bool any = false;
+      for (size_t r = 0; r < rows; ++r) {
+        float* prob = probs.data() + r * kKeyTile;
+        const float* score = scores.data() + r * kKeyTile;
+        const uint8_t* row_mask_ptr = nullptr;
+        const size_t kept = row_mask(bk, t, pos[r], select, mask, &row_mask_ptr);
+        const float tile_max = kept > 0 ? sm_.rmax(n, score, row_mask_ptr, scale_) : kNegInf;
+        st->count[r] += static_cast<int64_t>(kept);
+        if (!(tile_max > kNegInf) || !std::isfinite(tile_max)) {
+          // Nothing selected or every selected score -inf (no mass), or a NaN or +inf that
+          // poisons the row (rmax may skip NaN, so a -inf maximum is checked for one).
+          if (kept > 0 && (tile_max != kNegInf || has_nan(n, score, row_mask_ptr))) st->invalid[r] = 1;
+          std::memset(prob, 0, kKeyTile * sizeof(float));
+          continue;
+        }
+        any = true;
+        float* acc = st->acc.data() + r * dv_pad_;
+        if (tile_max > st->m[r]) {
+          if (st->l[r] > 0.0f) {
+            const float shrink = std::exp(st->m[r] - tile_max);
+            st->l[r] *= shrink;
+            sm_.vmulc(dv_pad_, acc, shrink);
+          }
+          st->m[r] = tile_max;
+        }
+        const float sum = sm_.raddstoreexpminusmax(n, score, row_mask_ptr, scale_, st->m[r], prob);
+        if (std::isnan(sum)) st->invalid[r] = 1;  // rmax may skip a NaN score; the sum does not
+        st->l[r] += sum;
+        if (n < kKeyTile) std::memset(prob + n, 0, (kKeyTile - n) * sizeof(float));
+      }
+      if (any) {
+        gemm_(rows, dv_pad_, kKeyTile, probs.data(), kKeyTile, hd.v.data() + j0 * dv_pad_, dv_pad_, st->acc.data(),
+              dv_pad_, true);
+      }
+    }
+  }
+
+  // Exact ρ and Ô_out at the sampled rows of group `group` of one (batch, head): two online
+  // softmaxes per row, over the sparse set and over the allowed keys outside it.
+  void sample_rows(size_t bh, size_t group) {
+    const size_t b = bh / static_cast<size_t>(heads_);
+    const size_t h = bh % static_cast<size_t>(heads_);
+    HeadData& hd = heads_data_[bh];
+    const BatchKeys& bk = batches_[b];
+    const size_t first = group * kQueryTile;
+    const size_t rows = std::min(kQueryTile, samples_.size() - first);
+    const int64_t* pos = samples_.data() + first;
+    // The sampled queries, gathered into a dense tile.
+    std::vector<float> q(rows * d_);
+    for (size_t r = 0; r < rows; ++r) {
+      std::memcpy(q.data() + r * d_, query_row(b, h, pos[r]), d_ * sizeof(float));
+    }
+    RowState in(dv_pad_), out(dv_pad_);
+    attend(bk, hd, q.data(), d_, pos, rows, KeySelect::kInSet, &in);
+    attend(bk, hd, q.data(), d_, pos, rows, KeySelect::kOutOfSet, &out);
+    for (size_t r = 0; r < rows; ++r) {
+      const double rho = in.invalid[r] || out.invalid[r] ? NAN : kept_mass(in.lse(r), out.lse(r));
+      hd.sample_rho[first + r] = static_cast<float>(rho);
+      float* o = hd.sample_out.data() + (first + r) * dv_pad_;
+      if (out.l[r] > 0.0f) {
+        const float inv = 1.0f / out.l[r];
+        for (size_t c = 0; c < dv_; ++c) o[c] = out.acc[r * dv_pad_ + c] * inv;
+      }
+    }
+  }
+
+  const float* query_row(size_t b, size_t h, int64_t pos) const {
+    return p_.q + (b * static_cast<size_t>(p_.queries) + static_cast<size_t>(pos)) * static_cast<size_t>(heads_) * d_ +
+           h * d_;
+  }
+
+  // One tile of queries of one (batch, head): the sparse set, the estimate outside it, Y and ρ.
+  void query_tile(size_t bh, size_t tile) {
+    const size_t b = bh / static_cast<size_t>(heads_);
+    const size_t h = bh % static_cast<size_t>(heads_);
+    const HeadData& hd = heads_data_[bh];
+    const BatchKeys& bk = batches_[b];
+    const size_t first = tile * kQueryTile;
+    const size_t rows = std::min(kQueryTile, static_cast<size_t>(p_.queries) - first);
+    int64_t pos[kQueryTile];
+    for (size_t r = 0; r < rows; ++r) pos[r] = static_cast<int64_t>(first + r);
+    const float* q = query_row(b, h, pos[0]);
+    const size_t lda = static_cast<size_t>(heads_) * d_;
+    RowState st(dv_pad_);
+    attend(bk, hd, q, lda, pos, rows, KeySelect::kInSet, &st);
+
+    // gaussian: W = Q·Σ_kk and G = Q·Σ_kv for the tile (scale applied per row below).
+    std::vector<float> w, g;
+    const bool gaussian = c_.estimator == MassEstimator::kGaussian && hd.has_moments;
+    if (gaussian) {
+      w.resize(rows * d_pad_);
+      g.resize(rows * dv_pad_);
+      gemm_(rows, d_pad_, d_, q, lda, hd.sigma_kk.data(), d_pad_, w.data(), d_pad_, false);
+      gemm_(rows, dv_pad_, d_, q, lda, hd.sigma_kv.data(), dv_pad_, g.data(), dv_pad_, false);
+    }
+    std::vector<float> o_out(dv_pad_);
+    const size_t y_stride = static_cast<size_t>(heads_) * dv_;
+    for (size_t r = 0; r < rows; ++r) {
+      const int64_t i = pos[r];
+      float* y = p_.y + (b * static_cast<size_t>(p_.queries) + static_cast<size_t>(i)) * y_stride + h * dv_;
+      float* rho_out = p_.rho != nullptr ? p_.rho + bh * static_cast<size_t>(p_.queries) + static_cast<size_t>(i) : nullptr;
+      const int64_t allowed = bk.prefix[static_cast<size_t>(allowed_end(i))];
+      if (allowed == 0) {
+        std::memset(y, 0, dv_ * sizeof(float));
+        if (rho_out != nullptr) *rho_out = 0.0f;
+        continue;
+      }
+      const int64_t n_out = allowed - st.count[r];
+      const double lse_in = st.lse(r);
+      double rho = 1.0;
+      std::fill(o_out.begin(), o_out.end(), 0.0f);
+      if (gaussian) {
+        const float* qr = q + r * lda;
+        double q_mu = 0.0, quad = 0.0;
+        for (size_t c = 0; c < d_; ++c) {
+          q_mu += static_cast<double>(qr[c]) * hd.mu_k[c];
+          quad += static_cast<double>(qr[c]) * w[r * d_pad_ + c];
+        }
+        const double s = scale_;
+        const double log_out =
+            n_out > 0 ? std::log(static_cast<double>(n_out)) + s * q_mu + 0.5 * s * s * quad : -INFINITY;
+        rho = kept_mass(lse_in, log_out);
+        for (size_t c = 0; c < dv_; ++c) o_out[c] = hd.mu_v[c] + scale_ * g[r * dv_pad_ + c];
+      } else if (c_.estimator == MassEstimator::kSampled) {
+        rho = interpolate(hd, i, o_out.data());
+      }
+      if (n_out == 0) rho = 1.0;
+      if (st.invalid[r]) rho = NAN;
+      const float kept = static_cast<float>(rho);
+      const float inv_l = st.l[r] > 0.0f ? 1.0f / st.l[r] : 0.0f;
+      const float* acc = st.acc.data() + r * dv_pad_;
+      for (size_t c = 0; c < dv_; ++c) {
+        const float o_in = acc[c] * inv_l;
+        y[c] = kept == 1.0f ? o_in : kept * o_in + (1.0f - kept) * o_out[c];
+      }
+      if (st.invalid[r]) {
+        for (size_t c = 0; c < dv_; ++c) y[c] = NAN;
+      }
+      if (rho_out != nullptr) *rho_out = kept;
+    }
+  }
+
+  // ρ and Ô_out at query i, linear between the sampled rows around it.
+  double interpolate(const HeadData& hd, int64_t i, float* o_out) const {
+    const size_t stride = static_cast<size_t>(c_.sample_stride);
+    const size_t a = std::min(static_cast<size_t>(i) / stride, samples_.size() - 1);
+    const float* oa = hd.sample_out.data() + a * dv_pad_;
+    if (samples_[a] == i || a + 1 == samples_.size()) {
+      std::memcpy(o_out, oa, dv_ * sizeof(float));
+      return hd.sample_rho[a];
+    }
+    const double t = static_cast<double>(i - samples_[a]) / static_cast<double>(samples_[a + 1] - samples_[a]);
+    const float* ob = oa + dv_pad_;
+    for (size_t c = 0; c < dv_; ++c) o_out[c] = static_cast<float>((1.0 - t) * oa[c] + t * ob[c]);
+    return (1.0 - t) * hd.sample_rho[a] + t * hd.sample_rho[a + 1];
+  }
+
+  const F32GemmFn gemm_;
+  const F32SoftmaxKernels& sm_;
+  const SparseAttentionConfig& c_;
+  const SparseAttentionProblem& p_;
+  const PatternSpans pattern_;
+  const int64_t heads_;
+  const size_t d_, dv_, d_pad_, dv_pad_;
+  const size_t key_tiles_, query_tiles_;
+  const float scale_;
+  std::vector<BatchKeys> batches_;
+  std::vector<HeadData> heads_data_;
+  std::vector<int64_t> samples_;
+};
+
+}  // namespace
+
+void f32_sparse_attention(const F32AttentionKernels& gemm, const F32SoftmaxKernels& softmax,
+                          const SparseAttentionConfig& config, const SparseAttentionProblem& problem,
+                          const TaskRunner& run) {
+  if (problem.batch == 0 || problem.queries == 0) return;
+  Attention(gemm, softmax, config, problem).run(run);
+}
+
+}  // namespace surety
