@@ -79,8 +79,8 @@ struct BatchKeys {
   std::vector<uint8_t> tile_full;  // per key tile: every key in it kept
 };
 
-// One (batch, head): K transposed and V, packed per key tile with zero padding, and the
-// moments the gaussian estimator uses.
+// One (batch, head): K transposed and V, packed per key tile with zero padding, and what the
+// estimators keep between phases.
 struct HeadData {
   std::vector<float> kt;  // tile t: [d][kKeyTile] at t·d·kKeyTile
   std::vector<float> v;   // [tiles·kKeyTile][dv_pad]
@@ -88,9 +88,13 @@ struct HeadData {
   // the kept keys; Σ_kv = Σ_vkᵀ so that Ô_out = μ_v + u·Σ_kv is a row-times-matrix product).
   std::vector<float> mu_k, sigma_kk, mu_v, sigma_kv;
   bool has_moments = false;
-  // sampled: ρ and Ô_out at the sampled rows.
-  std::vector<float> sample_rho;    // [samples]
-  std::vector<float> sample_out;    // [samples][dv_pad]
+  // sampled: log D_out and the normalised Ô_out at the sampled rows; per query, log D_S, the
+  // count of allowed keys outside the set and whether the row met a NaN.
+  std::vector<double> sample_lse_out;  // [samples]
+  std::vector<float> sample_out;       // [samples][dv_pad]
+  std::vector<double> lse_in;          // [queries]
+  std::vector<int64_t> n_out;          // [queries]
+  std::vector<uint8_t> invalid;        // [queries]
 };
 
 enum class KeySelect { kInSet, kOutOfSet };
@@ -101,13 +105,6 @@ struct RowState {
   explicit RowState(size_t dv_pad)
       : m(kQueryTile, kNegInf), l(kQueryTile, 0.0f), count(kQueryTile, 0), invalid(kQueryTile, 0),
         acc(kQueryTile * dv_pad, 0.0f) {}
-  void reset() {
-    std::fill(m.begin(), m.end(), kNegInf);
-    std::fill(l.begin(), l.end(), 0.0f);
-    std::fill(count.begin(), count.end(), 0);
-    std::fill(invalid.begin(), invalid.end(), 0);
-    std::fill(acc.begin(), acc.end(), 0.0f);
-  }
   std::vector<float> m, l;
   std::vector<int64_t> count;
   std::vector<uint8_t> invalid;  // a NaN or +inf score was met
@@ -153,18 +150,31 @@ class Attention {
     const size_t heads = static_cast<size_t>(p_.batch * heads_);
     heads_data_.resize(heads);
     run(heads, [&](size_t bh) { prepare_head(bh); });
-    if (c_.estimator == MassEstimator::kSampled) {
-      for (int64_t i = 0; i < p_.queries; i += c_.sample_stride) samples_.push_back(i);
-      if (samples_.empty() || samples_.back() != p_.queries - 1) samples_.push_back(p_.queries - 1);
-      if (p_.queries == 0) samples_.clear();
-      const size_t groups = round_up(samples_.size(), kQueryTile) / kQueryTile;
-      for (HeadData& h : heads_data_) {
-        h.sample_rho.assign(samples_.size(), 0.0f);
-        h.sample_out.assign(samples_.size() * dv_pad_, 0.0f);
-      }
-      run(heads * groups, [&](size_t t) { sample_rows(t / groups, t % groups); });
+    if (c_.estimator != MassEstimator::kSampled) {
+      run(heads * query_tiles_, [&](size_t t) { query_tile(t / query_tiles_, t % query_tiles_); });
+      return;
     }
-    run(heads * query_tiles_, [&](size_t t) { query_tile(t / query_tiles_, t % query_tiles_); });
+    // sampled: the sampled rows' mass outside the set and the sparse pass of every row are
+    // independent (one phase); interpolating needs both (a second phase).
+    for (int64_t i = 0; i < p_.queries; i += c_.sample_stride) samples_.push_back(i);
+    if (samples_.back() != p_.queries - 1) samples_.push_back(p_.queries - 1);
+    const size_t groups = round_up(samples_.size(), kQueryTile) / kQueryTile;
+    for (HeadData& h : heads_data_) {
+      h.sample_lse_out.assign(samples_.size(), -INFINITY);
+      h.sample_out.assign(samples_.size() * dv_pad_, 0.0f);
+      h.lse_in.assign(static_cast<size_t>(p_.queries), -INFINITY);
+      h.n_out.assign(static_cast<size_t>(p_.queries), 0);
+      h.invalid.assign(static_cast<size_t>(p_.queries), 0);
+    }
+    const size_t tiles = heads * query_tiles_;
+    run(tiles + heads * groups, [&](size_t t) {
+      if (t < tiles) {
+        query_tile(t / query_tiles_, t % query_tiles_);
+      } else {
+        sample_rows((t - tiles) / groups, (t - tiles) % groups);
+      }
+    });
+    run(tiles, [&](size_t t) { interpolate_tile(t / query_tiles_, t % query_tiles_); });
   }
 
  private:
@@ -206,43 +216,48 @@ class Attention {
       for (size_t c = 0; c < d_; ++c) kt[c * kKeyTile] = kj[c];
       std::memcpy(hd.v.data() + j * dv_pad_, v + j * v_stride, dv_ * sizeof(float));
     }
-    if (c_.estimator == MassEstimator::kGaussian) fit_moments(batches_[static_cast<size_t>(b)], k, k_stride, v, v_stride, &hd);
+    if (c_.estimator == MassEstimator::kGaussian) fit_moments(batches_[static_cast<size_t>(b)], &hd);
   }
 
-  // Population mean and covariances of the kept keys and values, centred before the products
-  // (Σ = E[(k − μ)(k − μ)ᵀ], not E[kkᵀ] − μμᵀ, whose float32 cancellation loses the spread when
-  // the keys share a large offset, as projected keys with a bias do).
-  void fit_moments(const BatchKeys& bk, const float* k, size_t k_stride, const float* v, size_t v_stride,
-                   HeadData* hd) const {
-    const size_t kept = static_cast<size_t>(bk.prefix.back());
+  // Population mean and covariances of the kept keys and values, from the packed tiles. Each
+  // tile is centred before its products (Σ = E[(k − μ)(k − μ)ᵀ], not E[kkᵀ] − μμᵀ, whose float32
+  // cancellation loses the spread when keys share a large offset, as projected keys with a bias
+  // do); dropped keys are zeroed, so they add nothing.
+  void fit_moments(const BatchKeys& bk, HeadData* hd) const {
+    const int64_t kept = bk.prefix.back();
     if (kept == 0) return;
     std::vector<double> mean_k(d_, 0.0), mean_v(dv_, 0.0);
     for (int64_t j = 0; j < p_.keys; ++j) {
       if (bk.keep != nullptr && bk.keep[j] == 0) continue;
-      for (size_t c = 0; c < d_; ++c) mean_k[c] += k[static_cast<size_t>(j) * k_stride + c];
-      for (size_t c = 0; c < dv_; ++c) mean_v[c] += v[static_cast<size_t>(j) * v_stride + c];
+      const size_t t = static_cast<size_t>(j) / kKeyTile, col = static_cast<size_t>(j) % kKeyTile;
+      const float* kt = hd->kt.data() + t * d_ * kKeyTile + col;
+      for (size_t c = 0; c < d_; ++c) mean_k[c] += kt[c * kKeyTile];
+      const float* vj = hd->v.data() + static_cast<size_t>(j) * dv_pad_;
+      for (size_t c = 0; c < dv_; ++c) mean_v[c] += vj[c];
     }
     hd->mu_k.assign(d_, 0.0f);
     hd->mu_v.assign(dv_pad_, 0.0f);
     for (size_t c = 0; c < d_; ++c) hd->mu_k[c] = static_cast<float>(mean_k[c] / static_cast<double>(kept));
     for (size_t c = 0; c < dv_; ++c) hd->mu_v[c] = static_cast<float>(mean_v[c] / static_cast<double>(kept));
-    // Centred kept rows: Kcᵀ [d][n] (A), Kc [n][d_pad] and Vc [n][dv_pad] (B).
-    std::vector<float> kct(d_ * kept), kc(kept * d_pad_, 0.0f), vc(kept * dv_pad_, 0.0f);
-    size_t row = 0;
-    for (int64_t j = 0; j < p_.keys; ++j) {
-      if (bk.keep != nullptr && bk.keep[j] == 0) continue;
-      for (size_t c = 0; c < d_; ++c) {
-        const float centred = k[static_cast<size_t>(j) * k_stride + c] - hd->mu_k[c];
-        kct[c * kept + row] = centred;
-        kc[row * d_pad_ + c] = centred;
-      }
-      for (size_t c = 0; c < dv_; ++c) vc[row * dv_pad_ + c] = v[static_cast<size_t>(j) * v_stride + c] - hd->mu_v[c];
-      ++row;
-    }
     hd->sigma_kk.assign(d_ * d_pad_, 0.0f);
     hd->sigma_kv.assign(d_ * dv_pad_, 0.0f);
-    gemm_(d_, d_pad_, kept, kct.data(), kept, kc.data(), d_pad_, hd->sigma_kk.data(), d_pad_, false);
-    gemm_(d_, dv_pad_, kept, kct.data(), kept, vc.data(), dv_pad_, hd->sigma_kv.data(), dv_pad_, false);
+    // One tile at a time: centred Kᵀ [d][64] (A), K [64][d_pad] and V [64][dv_pad] (B).
+    std::vector<float> kct(d_ * kKeyTile), kc(kKeyTile * d_pad_, 0.0f), vc(kKeyTile * dv_pad_, 0.0f);
+    for (size_t t = 0; t < key_tiles_; ++t) {
+      const size_t j0 = t * kKeyTile;
+      const float* kt = hd->kt.data() + t * d_ * kKeyTile;
+      for (size_t j = 0; j < kKeyTile; ++j) {
+        const bool used = j0 + j < static_cast<size_t>(p_.keys) && (bk.keep == nullptr || bk.keep[j0 + j] != 0);
+        const float* vj = hd->v.data() + (j0 + j) * dv_pad_;
+        for (size_t c = 0; c < dv_; ++c) vc[j * dv_pad_ + c] = used ? vj[c] - hd->mu_v[c] : 0.0f;
+        for (size_t c = 0; c < d_; ++c) kc[j * d_pad_ + c] = used ? kt[c * kKeyTile + j] - hd->mu_k[c] : 0.0f;
+      }
+      for (size_t c = 0; c < d_; ++c) {
+        for (size_t j = 0; j < kKeyTile; ++j) kct[c * kKeyTile + j] = kc[j * d_pad_ + c];
+      }
+      gemm_(d_, d_pad_, kKeyTile, kct.data(), kKeyTile, kc.data(), d_pad_, hd->sigma_kk.data(), d_pad_, true);
+      gemm_(d_, dv_pad_, kKeyTile, kct.data(), kKeyTile, vc.data(), dv_pad_, hd->sigma_kv.data(), dv_pad_, true);
+    }
     const float inv = static_cast<float>(1.0 / static_cast<double>(kept));
     for (float& x : hd->sigma_kk) x *= inv;
     for (float& x : hd->sigma_kv) x *= inv;
@@ -368,32 +383,25 @@ class Attention {
     }
   }
 
-  // Exact ρ and Ô_out at the sampled rows of group `group` of one (batch, head): two online
-  // softmaxes per row, over the sparse set and over the allowed keys outside it.
+  // log D_out and Ô_out, exactly, at the sampled rows of group `group` of one (batch, head): an
+  // online softmax over the allowed keys outside each row's sparse set.
   void sample_rows(size_t bh, size_t group) {
     const size_t b = bh / static_cast<size_t>(heads_);
     const size_t h = bh % static_cast<size_t>(heads_);
     HeadData& hd = heads_data_[bh];
-    const BatchKeys& bk = batches_[b];
     const size_t first = group * kQueryTile;
     const size_t rows = std::min(kQueryTile, samples_.size() - first);
     const int64_t* pos = samples_.data() + first;
     // The sampled queries, gathered into a dense tile.
     std::vector<float> q(rows * d_);
+    for (size_t r = 0; r < rows; ++r) std::memcpy(q.data() + r * d_, query_row(b, h, pos[r]), d_ * sizeof(float));
+    RowState out(dv_pad_);
+    attend(batches_[b], hd, q.data(), d_, pos, rows, KeySelect::kOutOfSet, &out);
     for (size_t r = 0; r < rows; ++r) {
-      std::memcpy(q.data() + r * d_, query_row(b, h, pos[r]), d_ * sizeof(float));
-    }
-    RowState in(dv_pad_), out(dv_pad_);
-    attend(bk, hd, q.data(), d_, pos, rows, KeySelect::kInSet, &in);
-    attend(bk, hd, q.data(), d_, pos, rows, KeySelect::kOutOfSet, &out);
-    for (size_t r = 0; r < rows; ++r) {
-      const double rho = in.invalid[r] || out.invalid[r] ? NAN : kept_mass(in.lse(r), out.lse(r));
-      hd.sample_rho[first + r] = static_cast<float>(rho);
+      hd.sample_lse_out[first + r] = out.invalid[r] ? NAN : out.lse(r);
       float* o = hd.sample_out.data() + (first + r) * dv_pad_;
-      if (out.l[r] > 0.0f) {
-        const float inv = 1.0f / out.l[r];
-        for (size_t c = 0; c < dv_; ++c) o[c] = out.acc[r * dv_pad_ + c] * inv;
-      }
+      const float inv = out.l[r] > 0.0f ? 1.0f / out.l[r] : 0.0f;
+      for (size_t c = 0; c < dv_; ++c) o[c] = out.acc[r * dv_pad_ + c] * inv;
     }
   }
 
@@ -402,22 +410,45 @@ class Attention {
            h * d_;
   }
 
-  // One tile of queries of one (batch, head): the sparse set, the estimate outside it, Y and ρ.
-  void query_tile(size_t bh, size_t tile) {
+  float* output_row(size_t bh, int64_t i) const {
     const size_t b = bh / static_cast<size_t>(heads_);
     const size_t h = bh % static_cast<size_t>(heads_);
-    const HeadData& hd = heads_data_[bh];
-    const BatchKeys& bk = batches_[b];
+    return p_.y + (b * static_cast<size_t>(p_.queries) + static_cast<size_t>(i)) * static_cast<size_t>(heads_) * dv_ +
+           h * dv_;
+  }
+
+  float* rho_at(size_t bh, int64_t i) const {
+    return p_.rho != nullptr ? p_.rho + bh * static_cast<size_t>(p_.queries) + static_cast<size_t>(i) : nullptr;
+  }
+
+  // Y = ρ·O_S + (1 − ρ)·Ô_out into y (which may hold O_S already), and ρ. ρ is 1 when nothing
+  // allowed is outside the set; a poisoned row is NaN throughout.
+  void finish_row(float* y, float* rho_out, const float* o_in, int64_t n_out, double rho, const float* o_out,
+                  bool invalid) const {
+    if (n_out == 0) rho = 1.0;
+    if (invalid) rho = NAN;
+    const float kept = static_cast<float>(rho);
+    for (size_t c = 0; c < dv_; ++c) {
+      y[c] = invalid ? NAN : kept == 1.0f ? o_in[c] : kept * o_in[c] + (1.0f - kept) * o_out[c];
+    }
+    if (rho_out != nullptr) *rho_out = kept;
+  }
+
+  // One tile of queries of one (batch, head): the sparse set; then, for none and gaussian, Y and
+  // ρ. sampled writes O_S to Y and leaves the rest to interpolate_tile.
+  void query_tile(size_t bh, size_t tile) {
+    HeadData& hd = heads_data_[bh];
+    const BatchKeys& bk = batches_[bh / static_cast<size_t>(heads_)];
     const size_t first = tile * kQueryTile;
     const size_t rows = std::min(kQueryTile, static_cast<size_t>(p_.queries) - first);
     int64_t pos[kQueryTile];
     for (size_t r = 0; r < rows; ++r) pos[r] = static_cast<int64_t>(first + r);
-    const float* q = query_row(b, h, pos[0]);
+    const float* q = query_row(bh / static_cast<size_t>(heads_), bh % static_cast<size_t>(heads_), pos[0]);
     const size_t lda = static_cast<size_t>(heads_) * d_;
     RowState st(dv_pad_);
     attend(bk, hd, q, lda, pos, rows, KeySelect::kInSet, &st);
 
-    // gaussian: W = Q·Σ_kk and G = Q·Σ_kv for the tile (scale applied per row below).
+    // gaussian: W = Q·Σ_kk and G = Q·Σ_kv for the tile (the scale is applied per row below).
     std::vector<float> w, g;
     const bool gaussian = c_.estimator == MassEstimator::kGaussian && hd.has_moments;
     if (gaussian) {
@@ -426,22 +457,26 @@ class Attention {
       gemm_(rows, d_pad_, d_, q, lda, hd.sigma_kk.data(), d_pad_, w.data(), d_pad_, false);
       gemm_(rows, dv_pad_, d_, q, lda, hd.sigma_kv.data(), dv_pad_, g.data(), dv_pad_, false);
     }
-    std::vector<float> o_out(dv_pad_);
-    const size_t y_stride = static_cast<size_t>(heads_) * dv_;
+    std::vector<float> o_in(dv_), o_out(dv_, 0.0f);
     for (size_t r = 0; r < rows; ++r) {
       const int64_t i = pos[r];
-      float* y = p_.y + (b * static_cast<size_t>(p_.queries) + static_cast<size_t>(i)) * y_stride + h * dv_;
-      float* rho_out = p_.rho != nullptr ? p_.rho + bh * static_cast<size_t>(p_.queries) + static_cast<size_t>(i) : nullptr;
+      float* y = output_row(bh, i);
       const int64_t allowed = bk.prefix[static_cast<size_t>(allowed_end(i))];
-      if (allowed == 0) {
-        std::memset(y, 0, dv_ * sizeof(float));
-        if (rho_out != nullptr) *rho_out = 0.0f;
+      const int64_t n_out = allowed - st.count[r];
+      const float inv_l = st.l[r] > 0.0f ? 1.0f / st.l[r] : 0.0f;
+      for (size_t c = 0; c < dv_; ++c) o_in[c] = st.acc[r * dv_pad_ + c] * inv_l;
+      if (c_.estimator == MassEstimator::kSampled) {
+        std::memcpy(y, o_in.data(), dv_ * sizeof(float));
+        hd.lse_in[static_cast<size_t>(i)] = st.lse(r);
+        hd.n_out[static_cast<size_t>(i)] = n_out;
+        hd.invalid[static_cast<size_t>(i)] = st.invalid[r];
         continue;
       }
-      const int64_t n_out = allowed - st.count[r];
-      const double lse_in = st.lse(r);
+      if (allowed == 0) {
+        finish_dead_row(y, rho_at(bh, i));
+        continue;
+      }
       double rho = 1.0;
-      std::fill(o_out.begin(), o_out.end(), 0.0f);
       if (gaussian) {
         const float* qr = q + r * lda;
         double q_mu = 0.0, quad = 0.0;
@@ -452,40 +487,50 @@ class Attention {
         const double s = scale_;
         const double log_out =
             n_out > 0 ? std::log(static_cast<double>(n_out)) + s * q_mu + 0.5 * s * s * quad : -INFINITY;
-        rho = kept_mass(lse_in, log_out);
+        rho = kept_mass(st.lse(r), log_out);
         for (size_t c = 0; c < dv_; ++c) o_out[c] = hd.mu_v[c] + scale_ * g[r * dv_pad_ + c];
-      } else if (c_.estimator == MassEstimator::kSampled) {
-        rho = interpolate(hd, i, o_out.data());
       }
-      if (n_out == 0) rho = 1.0;
-      if (st.invalid[r]) rho = NAN;
-      const float kept = static_cast<float>(rho);
-      const float inv_l = st.l[r] > 0.0f ? 1.0f / st.l[r] : 0.0f;
-      const float* acc = st.acc.data() + r * dv_pad_;
-      for (size_t c = 0; c < dv_; ++c) {
-        const float o_in = acc[c] * inv_l;
-        y[c] = kept == 1.0f ? o_in : kept * o_in + (1.0f - kept) * o_out[c];
-      }
-      if (st.invalid[r]) {
-        for (size_t c = 0; c < dv_; ++c) y[c] = NAN;
-      }
-      if (rho_out != nullptr) *rho_out = kept;
+      finish_row(y, rho_at(bh, i), o_in.data(), n_out, rho, o_out.data(), st.invalid[r]);
     }
   }
 
-  // ρ and Ô_out at query i, linear between the sampled rows around it.
-  double interpolate(const HeadData& hd, int64_t i, float* o_out) const {
+  void finish_dead_row(float* y, float* rho_out) const {
+    std::memset(y, 0, dv_ * sizeof(float));
+    if (rho_out != nullptr) *rho_out = 0.0f;
+  }
+
+  // sampled: ρ and Ô_out at each query, linear between the sampled rows around it (exact at a
+  // sampled row), combined with the O_S query_tile left in Y.
+  void interpolate_tile(size_t bh, size_t tile) {
+    const HeadData& hd = heads_data_[bh];
+    const BatchKeys& bk = batches_[bh / static_cast<size_t>(heads_)];
     const size_t stride = static_cast<size_t>(c_.sample_stride);
-    const size_t a = std::min(static_cast<size_t>(i) / stride, samples_.size() - 1);
-    const float* oa = hd.sample_out.data() + a * dv_pad_;
-    if (samples_[a] == i || a + 1 == samples_.size()) {
-      std::memcpy(o_out, oa, dv_ * sizeof(float));
-      return hd.sample_rho[a];
+    auto sample_rho = [&](size_t s) {
+      const size_t i = static_cast<size_t>(samples_[s]);
+      return hd.invalid[i] ? NAN : kept_mass(hd.lse_in[i], hd.sample_lse_out[s]);
+    };
+    std::vector<float> o_out(dv_);
+    const size_t end = std::min((tile + 1) * kQueryTile, static_cast<size_t>(p_.queries));
+    for (size_t i = tile * kQueryTile; i < end; ++i) {
+      float* y = output_row(bh, static_cast<int64_t>(i));
+      if (bk.prefix[static_cast<size_t>(allowed_end(static_cast<int64_t>(i)))] == 0) {
+        finish_dead_row(y, rho_at(bh, static_cast<int64_t>(i)));
+        continue;
+      }
+      const size_t a = std::min(i / stride, samples_.size() - 1);
+      const float* oa = hd.sample_out.data() + a * dv_pad_;
+      double rho = sample_rho(a);
+      if (static_cast<size_t>(samples_[a]) == i) {
+        std::memcpy(o_out.data(), oa, dv_ * sizeof(float));
+      } else {
+        const double t = static_cast<double>(i - static_cast<size_t>(samples_[a])) /
+                         static_cast<double>(samples_[a + 1] - samples_[a]);
+        const float* ob = oa + dv_pad_;
+        for (size_t c = 0; c < dv_; ++c) o_out[c] = static_cast<float>((1.0 - t) * oa[c] + t * ob[c]);
+        rho = (1.0 - t) * rho + t * sample_rho(a + 1);
+      }
+      finish_row(y, rho_at(bh, static_cast<int64_t>(i)), y, hd.n_out[i], rho, o_out.data(), hd.invalid[i]);
     }
-    const double t = static_cast<double>(i - samples_[a]) / static_cast<double>(samples_[a + 1] - samples_[a]);
-    const float* ob = oa + dv_pad_;
-    for (size_t c = 0; c < dv_; ++c) o_out[c] = static_cast<float>((1.0 - t) * oa[c] + t * ob[c]);
-    return (1.0 - t) * hd.sample_rho[a] + t * hd.sample_rho[a + 1];
   }
 
   const F32GemmFn gemm_;
