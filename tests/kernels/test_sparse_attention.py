@@ -167,17 +167,19 @@ def test_key_width_tails(isa: str, d: int) -> None:
     check(isa, q, k, v, 2, None, estimator="gaussian", pattern="band", window=7)
 
 
-@pytest.mark.parametrize("count", [1, 2, 5, 63, 64, 65, 127, 128, 129])
+@pytest.mark.parametrize("count", [1, 2, 5, 63, 64, 65, 127, 128, 129, 255, 256, 257])
 def test_query_and_key_counts(isa: str, count: int) -> None:
-    """Counts around the 64 × 64 tiles, as queries and as keys."""
+    """Counts around the tiles (64 queries; 64 keys, 128 for the dense pattern), as queries and
+    as keys."""
     rng = np.random.default_rng(count)
+    sparse_set = {"pattern": "block_local_global", "block_size": 8, "num_local_blocks": 2,
+                  "num_global": 2}  # fmt: skip
     for s, t in ((count, 70), (70, count), (count, count)):
         q, k, v = qkv(rng, 2, s, t, 2, 16, 16)
+        keep = padding(rng, 2, t)
+        check(isa, q, k, v, 2, keep, pattern="dense", causal=1)
         for estimator in reference.ESTIMATORS:
-            check(
-                isa, q, k, v, 2, padding(rng, 2, t), estimator=estimator, sample_stride=5,
-                pattern="block_local_global", block_size=8, num_local_blocks=2, num_global=2,
-            )  # fmt: skip
+            check(isa, q, k, v, 2, keep, estimator=estimator, sample_stride=5, **sparse_set)
 
 
 @pytest.mark.parametrize("estimator", reference.ESTIMATORS)
