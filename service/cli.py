@@ -141,6 +141,7 @@ def export(args: argparse.Namespace) -> int:
 
 def _classifier_arguments(parser: argparse.ArgumentParser) -> None:
     from service.export.classifier import add_fine_tuning_arguments
+    from service.optimize.options import add_optimize_arguments
 
     parser.add_argument("--train", type=Path, required=True, help="labeled JSONL: text, label")
     parser.add_argument("--test", type=Path, required=True, help="labeled JSONL for accuracy")
@@ -159,6 +160,8 @@ def _classifier_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", help="comma-separated class order (default: sorted)")
     parser.add_argument("--max-length", type=int, help="token limit (default: the encoder's)")
     add_fine_tuning_arguments(parser)
+    # --tolerance would read as the parity check's: the rewrite's is named apart.
+    add_optimize_arguments(parser, "--attention-tolerance")
     parser.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch check")
     parser.add_argument("--force", action="store_true", help="replace an existing version")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -173,6 +176,7 @@ def export_text_classifier(args: argparse.Namespace) -> int:
         METADATA_FILE,
         export_classifier,
         fine_tuning_from_arguments,
+        optimize_from_arguments,
     )
 
     root: Path = args.model_repository
@@ -196,6 +200,7 @@ def export_text_classifier(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             fine_tuning=fine_tuning_from_arguments(args),
             check_parity=not args.no_parity,
+            optimize=optimize_from_arguments(args),
             show_progress=not args.quiet,
         )
         if not target.exists():
@@ -209,6 +214,42 @@ def export_text_classifier(args: argparse.Namespace) -> int:
         f"{args.name}: version {args.version} written to {target}; test accuracy "
         f"{result.test_accuracy:.4f} on {result.num_test} texts"
     )
+    return 0
+
+
+def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
+    from service.optimize.options import add_optimize_arguments
+
+    parser.add_argument("model", type=Path, metavar="MODEL.onnx", help="the model to rewrite")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="OUT.onnx", help="where to write it"
+    )
+    add_optimize_arguments(parser)
+    parser.add_argument(
+        "--no-softmax",
+        action="store_true",
+        help="leave Softmax nodes as they are (by default the last-axis ones become "
+        "ai.surety::TwoPassSoftmax)",
+    )
+
+
+def optimize(args: argparse.Namespace) -> int:
+    """Rewrite a model with the ai.surety ops, check it against the original, write it."""
+    from service.optimize.options import DriftError, OptimizeError, options_from_arguments
+    from service.optimize.pipeline import optimize_file
+
+    try:
+        options = options_from_arguments(args, softmax=not args.no_softmax)
+        report = optimize_file(args.model, args.output, options)
+    except DriftError as error:
+        print(error.report.format(), file=sys.stderr)
+        print(f"optimize: {error}; nothing written", file=sys.stderr)
+        return 1
+    except (OptimizeError, ValueError) as error:
+        print(f"optimize: {error}; nothing written", file=sys.stderr)
+        return 1
+    print(report.format())
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -238,6 +279,12 @@ COMMANDS = (
         build_defaults,
     ),
     Command("export", "export a model into the repository", _export_arguments, export),
+    Command(
+        "optimize",
+        "rewrite an ONNX model with the ai.surety ops (checked against the original)",
+        _optimize_arguments,
+        optimize,
+    ),
     Command(
         "calibrate",
         "choose and fit the OOD detector and SDM for a model version",

@@ -18,7 +18,9 @@ The steps, all on a CPU:
    (FP32 [B]: each row's mean squared Mahalanobis distance of its tokens under that Gaussian, a
    covariate-shift score, higher = less typical);
 4. check ONNX Runtime (with the ai.surety library) against torch on a fresh model instance
-   holding the trained weights;
+   holding the trained weights, then, when asked (``optimize``), rewrite the graph's attention
+   into ``ai.surety::SparseAttention`` (:mod:`service.optimize`, checked against the graph it
+   rewrites on the parity texts);
 5. write ``<out>/<name>/<version>/{model.onnx, tokenizer.json}``, ``<out>/<name>/labels.txt``,
    ``<out>/<name>/export.json`` (the export's record) and ``<out>/<name>/config.yaml`` (written
    from export.json by :func:`repository_config`: the entry is servable as it stands).
@@ -59,6 +61,11 @@ from service.export.encoder import (
     load_tokenizer,
 )
 from service.models.torch_threads import one_torch_thread
+from service.optimize.options import (
+    OptimizeOptions,
+    add_optimize_arguments,
+    options_from_arguments,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -74,6 +81,7 @@ __all__ = [
     "export_classifier",
     "fine_tuning_from_arguments",
     "main",
+    "optimize_from_arguments",
     "read_export_metadata",
     "repository_config",
     "write_repository_config",
@@ -654,6 +662,40 @@ def _parity(
     return worst
 
 
+def _optimize_graph(
+    model_path: Path,
+    tokenizer: Tokenizer,
+    batches: Sequence[Sequence[str]],
+    options: OptimizeOptions,
+    log: Log,
+) -> dict[str, Any]:
+    """Rewrite the exported graph in place (see :mod:`service.optimize`), checked on the
+    tokenized ``batches``; return export.json's record of it."""
+    from service.optimize.options import OptimizeError
+    from service.optimize.pipeline import optimize_file
+
+    samples = []
+    for texts in batches:
+        batch = EncodedBatch.encode(tokenizer, texts)
+        samples.append(
+            {
+                "input_ids": batch.input_ids.numpy(),
+                "attention_mask": batch.attention_mask.numpy(),
+                SCALE_INPUT: np.ones((len(texts), 1), dtype=np.float32),
+            }
+        )
+    try:
+        report = optimize_file(model_path, model_path, options, samples=samples)
+    except OptimizeError as error:
+        raise ExportError(f"graph rewrite of {model_path}: {error}") from error
+    log(f"graph rewrite: {len(report.replaced)} node(s) replaced, max drift {report.max_drift:.3g}")
+    return {
+        "options": options.record(),
+        "replaced": [asdict(change) for change in report.replaced],
+        "drift": report.drift,
+    }
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -677,6 +719,7 @@ def export_classifier(
     token_layer: int = DEFAULT_TOKEN_LAYER,
     check_parity: bool = True,
     parity_tolerance: float = PARITY_TOLERANCE,
+    optimize: OptimizeOptions | None = None,
     extra_metadata: dict[str, Any] | None = None,
     show_progress: bool = True,
     log: Log = _stderr,
@@ -689,8 +732,10 @@ def export_classifier(
     ``FineTuning()``: every layer) says which encoder layers train; ``training`` is the head's
     fit when none does (``layers=0``). ``token_layer`` is the ``hidden_states`` index whose
     token Gaussian ``token_mahalanobis`` scores. ``extra_metadata`` is merged into
-    ``export.json`` (e.g. where the calibration and OOD sets are). Raises :class:`ExportError`
-    when ONNX and torch differ by more than ``parity_tolerance``.
+    ``export.json`` (e.g. where the calibration and OOD sets are). ``optimize`` rewrites the
+    exported graph once parity is checked (recorded in export.json and config.yaml). Raises
+    :class:`ExportError` when ONNX and torch differ by more than ``parity_tolerance``, or the
+    rewrite drifts past ``optimize.tolerance``.
     """
     import torch
 
@@ -844,10 +889,10 @@ def export_classifier(
         tokenizer.save(str(tokenizer_path))
 
     parity: float | None = None
+    pool = sorted({e.text for e in (test or train)}, key=len)
+    batches = [[pool[len(pool) // 2]], [pool[0], pool[-1], pool[len(pool) // 3]]]
     if check_parity:
         with _timed(seconds, "parity"):
-            pool = sorted({e.text for e in (test or train)}, key=len)
-            batches = [[pool[len(pool) // 2]], [pool[0], pool[-1], pool[len(pool) // 3]]]
             parity = _parity(
                 encoder_dir,
                 encoder_state,
@@ -863,6 +908,10 @@ def export_classifier(
             raise ExportError(
                 f"ONNX and torch differ by {parity:.3g} > {parity_tolerance:g} in {model_path}"
             )
+    optimized: dict[str, Any] | None = None
+    if optimize is not None:
+        with _timed(seconds, "optimize"):
+            optimized = _optimize_graph(model_path, tokenizer, batches, optimize, log)
 
     labels_path.write_text("".join(f"{label}\n" for label in label_list), encoding="utf-8")
     seconds["total"] = round(time.perf_counter() - started, 3)
@@ -937,6 +986,8 @@ def export_classifier(
         },
         "seconds": seconds,
     }
+    if optimized is not None:
+        metadata["optimize"] = optimized
     if extra_metadata:
         metadata.update(extra_metadata)
     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
@@ -1051,6 +1102,7 @@ def repository_config(metadata: dict[str, Any]) -> dict[str, Any]:
             # Per-model uncertainty settings given at export (e.g. SDM's alpha).
             **metadata.get("uncertainty", {}),
         },
+        **({"optimize": metadata["optimize"]["options"]} if "optimize" in metadata else {}),
     }
 
 
@@ -1140,6 +1192,15 @@ def fine_tuning_from_arguments(args: argparse.Namespace) -> FineTuning:
     )
 
 
+def optimize_from_arguments(args: argparse.Namespace) -> OptimizeOptions | None:
+    """The graph rewrite that :func:`~service.optimize.options.add_optimize_arguments`' options
+    ask for (None with ``--attention none``). Only attention is rewritten: the softmaxes stay as
+    exported."""
+    if args.attention == "none":
+        return None
+    return options_from_arguments(args, softmax=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m service.export.classifier``: export from JSONL files."""
     parser = argparse.ArgumentParser(description="Export a text classifier to ONNX.")
@@ -1156,6 +1217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=None)
     add_fine_tuning_arguments(parser)
+    add_optimize_arguments(parser, "--attention-tolerance")
     parser.add_argument("--no-parity", action="store_true")
     args = parser.parse_args(argv)
     result = export_classifier(
@@ -1168,6 +1230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_length=args.max_length,
         fine_tuning=fine_tuning_from_arguments(args),
         check_parity=not args.no_parity,
+        optimize=optimize_from_arguments(args),
     )
     print(json.dumps(result.metadata["metrics"], indent=2))
     return 0

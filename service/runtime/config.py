@@ -170,6 +170,11 @@ class ModelConfig(Strict):
     classifier: ClassifierSpec | None = None
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     uncertainty: UncertaintySpec = Field(default_factory=UncertaintySpec)
+    optimize: dict[str, str | int | float | bool] | None = Field(
+        default=None,
+        description="the graph rewrite applied at export (surety optimize's options, see "
+        "docs/optimize.md): a record, not acted on when serving",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
