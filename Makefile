@@ -56,6 +56,7 @@ check: build lint
 
 bench: build
 	$(PY) bench/softmax.py
+	$(PY) bench/attention.py
 
 clean:
 	rm -rf $(VENV) build

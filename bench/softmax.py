@@ -66,13 +66,14 @@ def two_pass_model(algorithm: int = 0) -> bytes:
     return _model(node, custom=True)
 
 
-def session(model: bytes, threads: int) -> ort.InferenceSession:
+def session(model: bytes, threads: int, *, spinning: bool = True) -> ort.InferenceSession:
+    """A session with the kernels registered; ``spinning``: idle intra-op threads spin-wait."""
     options = ort.SessionOptions()
     options.register_custom_ops_library(kernels.library_path())
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
