@@ -5,7 +5,7 @@ and 2, then quality), ``--quick`` for a short smoke run, ``--part speed|quality`
 
 Speed. B = 1, H = 12, d = dv = 64, Gaussian Q/K/V. Contenders, all single-node models (one small
 graph for the unfused one) under identical session options (intra-op threads, inter-op 1,
-spinning on, sequential execution), inputs and preallocated outputs bound once through
+no spin-waiting, sequential execution), inputs and preallocated outputs bound once through
 IOBinding, warm-ups then interleaved timed runs (bench/_timing.py); medians and ratios of
 medians:
 
