@@ -13,7 +13,7 @@ MODEL_REPOSITORY ?= model_repository
 
 KERNEL_SOURCES := $(shell find kernels/src -type f) CMakeLists.txt kernels/CMakeLists.txt
 
-.PHONY: help setup build run test check lint bench clean
+.PHONY: help setup build run test check lint bench clean image
 
 help:
 	@echo "make run    set up, build the kernels and default models, serve on http://127.0.0.1:8000"
@@ -21,6 +21,7 @@ help:
 	@echo "make check  lint and the tests not marked slow (the inner loop, about a minute)"
 	@echo "make bench  run the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)"
 	@echo "make lint   ruff, mypy and hadolint"
+	@echo "make image  build the Docker image surety:latest (starts an engine if none answers)"
 	@echo "make clean  remove the virtualenv and build outputs"
 
 # Python packages and the project itself, whose build (scikit-build-core + CMake, incremental in
@@ -47,8 +48,12 @@ lint: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/hadolint Dockerfile
 
+# The deployment tests need prometheus/promtool and docker-compose (installed when missing) and
+# start a Docker engine themselves (scripts/docker/engine.sh).
 test: build lint
+	scripts/deploy_tools.sh
 	$(PY) -m pytest
 
 check: build lint
@@ -57,6 +62,12 @@ check: build lint
 bench: build
 	$(PY) bench/softmax.py
 	$(PY) bench/attention.py
+
+# The Docker image (Dockerfile). build_image.sh starts a Docker engine when none answers, makes
+# the base image where no registry can be reached, the wheelhouse the build installs from (both
+# cached in build/docker/), and the default models the image carries, then runs docker build.
+image: build
+	scripts/docker/build_image.sh
 
 clean:
 	rm -rf $(VENV) build

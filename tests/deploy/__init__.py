@@ -1,0 +1,1 @@
+"""Deployment tests: the Docker image, the monitoring stack and the Kubernetes manifests."""
