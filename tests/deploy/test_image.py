@@ -21,6 +21,7 @@ import pytest
 import tritonclient.http as triton_http
 
 from tests.deploy.conftest import REPORT, ROOT, Built, Container, docker, logs, tail
+from tests.deploy.test_observability import assert_dashboard_has_data
 
 pytestmark = pytest.mark.slow
 
@@ -285,6 +286,14 @@ def test_metrics_count_the_requests(http):
     ]
     assert samples, tail(text)
     assert sum(float(line.rsplit(" ", 1)[1]) for line in samples) >= 4
+
+
+def test_prometheus_scrapes_the_container(container: Container, tmp_path):
+    """The compose stack's scrape config and recording rules, in a real Prometheus on the host,
+    against the running container: every Grafana dashboard expression returns data."""
+    assert_dashboard_has_data(
+        container.url, ROOT / "model_repository", "digits", "fortune-topics", tmp_path
+    )
 
 
 # -- stopping (last: the container is gone afterwards) -------------------------------------------

@@ -194,14 +194,21 @@ def test_dashboard_is_a_grafana_dashboard_of_promql_panels():
 
 @pytest.mark.slow
 def test_every_dashboard_query_and_recording_rule_returns_data(served_repository, tmp_path):
-    require_tools("prometheus")
     repository, digits, text_model = served_repository
-    with (
-        surety_server(repository, tmp_path) as server,
-        running_prometheus(
-            scrape_config([server.removeprefix("http://")], interval_s=1.0), tmp_path / "prom"
-        ) as prometheus,
-    ):
+    with surety_server(repository, tmp_path) as server:
+        assert_dashboard_has_data(server, repository, digits, text_model, tmp_path)
+
+
+def assert_dashboard_has_data(
+    server: str, repository: Path, digits: str, text_model: str, workdir: Path
+) -> None:
+    """A real Prometheus with the compose stack's scrape config (its target rewritten to
+    ``server``) and recording rules scrapes ``server`` (a process or the container) under a
+    short load: every dashboard expression and every recording rule returns data."""
+    require_tools("prometheus")
+    with running_prometheus(
+        scrape_config([server.removeprefix("http://")], interval_s=1.0), workdir / "prom"
+    ) as prometheus:
         prometheus.wait_for_targets()
         started = time.monotonic()
         send_load(server, repository, digits, text_model)
