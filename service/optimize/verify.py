@@ -62,7 +62,9 @@ def sample_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray
             if dim.HasField("dim_value"):
                 shape.append(int(dim.dim_value))
             else:
-                shape.append(sizes.setdefault(dim.dim_param, BATCH if axis == 0 else SEQUENCE))
+                default = BATCH if axis == 0 else SEQUENCE
+                # A named dimension takes one size everywhere it appears; an unnamed one its own.
+                shape.append(sizes.setdefault(dim.dim_param, default) if dim.dim_param else default)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
         vocabulary = _vocabulary(model, value.name)
         if MASK_MARK in value.name.lower():

@@ -1,10 +1,9 @@
 """Models for the optimize tests: hand-made graphs, a tiny BERT exported as the project exports
 encoders, and onnx's reference evaluator with the ai.surety ops backed by kernels.reference
-(which checks a rewrite even where the native op is not built)."""
+(a second check of a rewrite, against the float64 twins rather than the native ops)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -73,34 +72,6 @@ def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
     options.register_custom_ops_library(kernels.library_path())
     session = ort.InferenceSession(model.SerializeToString(), options)
     return [np.asarray(value) for value in session.run(None, feeds)]
-
-
-@functools.cache
-def native_sparse_attention() -> bool:
-    """Whether libsurety_kernels.so has ai.surety::SparseAttention yet."""
-    model = make_model(
-        [
-            helper.make_node(
-                "SparseAttention", ["q", "q", "q"], ["y"], domain=kernels.DOMAIN, num_heads=1
-            )
-        ],
-        [floats("q", [1, 2, 4])],
-        [floats("y", [1, 2, 4])],
-        domains=[(kernels.DOMAIN, kernels.OPSET_VERSION)],
-    )
-    try:
-        run_ort(model, {"q": np.zeros((1, 2, 4), np.float32)})
-    except Exception as error:  # onnxruntime's errors derive from Exception alone
-        if "SparseAttention" in str(error):
-            return False
-        raise
-    return True
-
-
-NATIVE_MISSING = (
-    "ai.surety::SparseAttention is not in libsurety_kernels.so yet (kernels/src/attention/); "
-    "the rewrite is checked against kernels.reference.sparse_attention meanwhile"
-)
 
 
 # onnx.reference finds an op by the class name.

@@ -17,12 +17,10 @@ from service.optimize.verify import sample_inputs
 from tests.service.optimize.graphs import (
     HEAD_SIZE,
     HEADS,
-    NATIVE_MISSING,
     VOCAB,
     export_bert,
     floats,
     make_model,
-    native_sparse_attention,
     node_of,
     ops,
     run_ort,
@@ -32,13 +30,6 @@ from tests.service.optimize.graphs import (
 
 LAYERS = 2
 DENSE = OptimizeOptions(attention="sparse", sparse=SparseOptions(pattern="dense"))
-needs_native = pytest.mark.usefixtures("native")
-
-
-@pytest.fixture
-def native() -> None:
-    if not native_sparse_attention():
-        pytest.skip(NATIVE_MISSING)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +47,22 @@ def bert_samples() -> list[dict[str, np.ndarray]]:
         {"input_ids": ids, "attention_mask": mask},
         {"input_ids": ids[:1, :5], "attention_mask": mask[:1, :5]},
     ]
+
+
+def test_sample_inputs_size_each_unnamed_dimension_apart() -> None:
+    """Named dimensions share one size; unnamed ones get the batch size on axis 0 and the
+    sequence size elsewhere, each on its own."""
+    model = make_model(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, None]),
+            floats("b", ["batch", "tokens"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    feeds = sample_inputs(model)
+    assert feeds["a"].shape == (2, 16)
+    assert feeds["b"].shape == (2, 16)
 
 
 def test_sample_inputs_index_the_embeddings_and_pad(bert: onnx.ModelProto) -> None:
@@ -103,14 +110,12 @@ def test_sparse_rewrite_matches_the_reference_twin(bert: onnx.ModelProto) -> Non
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-@needs_native
 def test_sparse_dense_matches_the_original(bert: onnx.ModelProto) -> None:
     rewritten, report = optimize(bert, DENSE, samples=bert_samples())
     assert ops(rewritten).count("SparseAttention") == LAYERS
     assert max(report.drift.values()) <= 1e-4
 
 
-@needs_native
 def test_a_band_too_narrow_is_refused(bert: onnx.ModelProto, tmp_path: Path) -> None:
     source, target = tmp_path / "bert.onnx", tmp_path / "out.onnx"
     onnx.save(bert, str(source))
@@ -187,7 +192,6 @@ def test_a_mask_without_a_batch_axis_is_skipped() -> None:
     )
 
 
-@needs_native
 def test_a_mask_differing_between_queries_is_refused() -> None:
     """A causal mask fed as [B, 1, S, T] is taken for a key-padding mask (its first query row):
     the drift check refuses the result."""
@@ -239,5 +243,4 @@ def test_multi_head_attention_becomes_sparse_attention() -> None:
     np.testing.assert_allclose(
         run_reference(rewritten, feeds)[0], run_ort(model, feeds)[0], atol=1e-5
     )
-    if native_sparse_attention():
-        optimize(model, DENSE, samples=[feeds])
+    optimize(model, DENSE, samples=[feeds])
