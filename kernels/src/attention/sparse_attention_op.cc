@@ -79,22 +79,22 @@ std::string string_attribute(const OrtKernelInfo* info, const char* name, const 
 }
 
 SparseAttentionConfig read_config(const OrtKernelInfo* info, const std::string& where) {
-  SparseAttentionConfig c;
+  SparseAttentionConfig c;  // its defaults are the attributes' defaults
   const char* w = where.c_str();
-  c.num_heads = int_attribute(info, "num_heads", 0);
+  c.num_heads = int_attribute(info, "num_heads", 0);  // required: 0 when absent
   if (c.num_heads <= 0) throw_invalid_argument(w, "attribute num_heads is required and must be positive");
-  c.scale = float_attribute(info, "scale", 0.0f);
-  const int64_t causal = int_attribute(info, "causal", 0);
+  c.scale = float_attribute(info, "scale", c.scale);
+  const int64_t causal = int_attribute(info, "causal", c.causal ? 1 : 0);
   if (causal != 0 && causal != 1) throw_invalid_argument(w, "attribute causal=" + std::to_string(causal) + " is not 0 or 1");
   c.causal = causal == 1;
   c.pattern = choose(where, "pattern", string_attribute(info, "pattern", "dense"), kPatterns);
-  c.window = int_attribute(info, "window", 0);
-  c.density = float_attribute(info, "density", 0.0f);
-  c.block_size = int_attribute(info, "block_size", 64);
-  c.num_local_blocks = int_attribute(info, "num_local_blocks", 1);
-  c.num_global = int_attribute(info, "num_global", 0);
+  c.window = int_attribute(info, "window", c.window);
+  c.density = float_attribute(info, "density", c.density);
+  c.block_size = int_attribute(info, "block_size", c.block_size);
+  c.num_local_blocks = int_attribute(info, "num_local_blocks", c.num_local_blocks);
+  c.num_global = int_attribute(info, "num_global", c.num_global);
   c.estimator = choose(where, "estimator", string_attribute(info, "estimator", "none"), kEstimators);
-  c.sample_stride = int_attribute(info, "sample_stride", 32);
+  c.sample_stride = int_attribute(info, "sample_stride", c.sample_stride);
   if (c.window < 0) throw_invalid_argument(w, "attribute window must be >= 0, got " + std::to_string(c.window));
   if (c.pattern == AttentionPattern::kBand && c.window == 0 && !(c.density > 0.0f && c.density <= 1.0f)) {
     throw_invalid_argument(w, "pattern 'band' needs window > 0 or density in (0, 1], got window=0, density=" +
