@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -25,6 +24,8 @@ from typing import NoReturn
 
 import httpx
 import pytest
+
+from tests.deploy.prometheus import free_port, in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "docker"
@@ -47,10 +48,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("surety image")
         for line in REPORT:
             terminalreporter.write_line(line)
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -169,13 +166,6 @@ def image(docker_engine: str) -> Built:
         f"(engine {docker_engine}; log {BUILD_LOG.relative_to(ROOT)})"
     )
     return Built(IMAGE, build_s, size)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,11 @@ def ensure_tools(*tools: str) -> dict[str, str]:
     return {tool: path for tool, path in paths.items() if path is not None}
 
 
+def in_ci() -> bool:
+    """Whether this runs under CI (CI=true), where a check that cannot run must fail."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
 def require_tools(*tools: str) -> dict[str, str]:
     """``ensure_tools`` for a test: skip it, loudly, when the tools cannot be installed here
     (no apt, no network); under CI (CI=true) fail instead, so a runner that lost its tools
@@ -76,7 +81,7 @@ def require_tools(*tools: str) -> dict[str, str]:
     try:
         return ensure_tools(*tools)
     except ToolsUnavailableError as exc:
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        if in_ci():
             pytest.fail(f"CI=true and the deployment tools are unavailable: {exc}")
         pytest.skip(f"DEPLOYMENT CHECKS NOT RUN: {exc}")
 
