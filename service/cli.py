@@ -46,11 +46,17 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="default $SURETY_HOST or 127.0.0.1")
     parser.add_argument("--port", type=int, help="default $SURETY_PORT or 8000")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port, each with every model; default $SURETY_WORKERS"
+        " or 1",
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Serve the model repository with uvicorn (one process; scale out with replicas)."""
-    from service.server import build_server
+    """Serve the model repository with uvicorn (in ``--workers`` processes, default 1)."""
+    from service.server import serve as run_server
     from service.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -60,13 +66,13 @@ def serve(args: argparse.Namespace) -> int:
             ("host", args.host),
             ("port", args.port),
             ("log_level", args.log_level),
+            ("processes", args.workers),
         )
         if value is not None
     }
     settings = Settings(**overrides)
     logging.getLogger().setLevel(settings.log_level.upper())
-    build_server(settings).run()
-    return 0
+    return run_server(settings)
 
 
 def _build_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,11 +2,18 @@
 
 A registry per app (not the global default) lets several apps live in one process, as in tests.
 Labels are bounded: endpoint names, model names from the repository, status codes, reasons.
+
+With several server processes (``surety serve --workers N``) the parent sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start: every value then lives in a file of that
+directory, and each worker's ``/metrics`` reads them all (`multiprocess_dir`).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +23,18 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+#: The variable prometheus-client reads (at import) for its multiprocess mode.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of the multiprocess mode's files, or None with one process."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
 
 #: Seconds, from 0.5 ms: small CPU models answer in a few milliseconds. `latency_buckets`
 #: extends them past the longest deadline a request may have.
@@ -98,15 +117,21 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        # multiprocess_mode only counts with several processes: in-flight requests add up
+        # across the live workers; a model is ready when it is loaded in every live worker.
         self.inflight = Gauge(
-            "surety_inflight_requests", "Requests being served.", ["model"], registry=r
+            "surety_inflight_requests",
+            "Requests being served.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "surety_rejected_requests", "Requests shed.", ["model", "reason"], registry=r
         )
         self.model_ready = Gauge(
             "surety_model_ready", "1 when the model version is loaded.", ["model", "version"],
-            registry=r,
+            registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
         self.ood = Counter(
             "surety_ood", "Requests flagged out of distribution.", ["model"], registry=r
@@ -148,7 +173,9 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
-        ProcessCollector(registry=r)
+        self._multiprocess_dir = multiprocess_dir()
+        if self._multiprocess_dir is None:
+            ProcessCollector(registry=r)
 
     def for_uncertainty_batcher(self, model: str) -> BatchMetrics:
         """The labelled children a model's uncertainty batcher records into."""
@@ -167,5 +194,46 @@ class Metrics:
         )
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of everything on the registry."""
-        return generate_latest(self.registry)
+        """The Prometheus text format of everything on the registry (of every worker's, with
+        several processes)."""
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        # A fresh registry per scrape, as prometheus-client prescribes: the collector reads the
+        # files of every process, live and dead (counters and histograms keep what dead ones
+        # counted; live* gauges drop them).
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        registry.register(GroupCpuCollector())
+        return generate_latest(registry)
+
+
+class GroupCpuCollector(Collector):
+    """``process_cpu_seconds_total`` of the whole server (the parent and its workers), which
+    prometheus-client's multiprocess mode would otherwise drop with the process collector."""
+
+    def collect(self) -> Iterator[Metric]:
+        total = sum(cpu_seconds(pid) for pid in group_pids())
+        yield CounterMetricFamily(
+            "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", total
+        )
+
+
+def group_pids() -> list[int]:
+    """This worker's parent and the parent's children (every worker), from /proc."""
+    parent = os.getppid()
+    try:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return [os.getpid()]
+    return [parent, *(int(pid) for pid in children)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process (0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # Fields after the command (which may hold spaces), from the 3rd: utime is the 14th.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

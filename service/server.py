@@ -9,14 +9,25 @@ Shutdown, from the first SIGTERM:
    process exits 0.
 
 SIGINT (Ctrl-C) skips the drain window; a second signal forces the exit.
+
+With ``processes`` > 1 (``surety serve --workers N``) this process binds the port and starts N
+worker processes that share the socket, each running the server above with its own copy of
+every model (`serve_workers`). It forwards SIGTERM and SIGINT to them, so the group drains and
+exits as one process would; a worker that dies on its own stops the group (exit 1) for the
+orchestrator to restart it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
+import shutil
 import signal
 import socket
+import tempfile
+from multiprocessing.connection import wait
 from types import FrameType
 from typing import Any
 
@@ -25,6 +36,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.main import create_app
+from service.metrics import MULTIPROC_ENV
 from service.runtime.dataplane import DataPlane
 from service.settings import Settings
 
@@ -153,3 +165,94 @@ class SuretyServer(uvicorn.Server):
 def build_server(settings: Settings) -> SuretyServer:
     """The app for ``settings`` under a configured server (not yet started)."""
     return SuretyServer(create_app(settings), settings)
+
+
+def serve(settings: Settings) -> int:
+    """Serve until shut down, in ``settings.processes`` processes; the exit status."""
+    if settings.processes == 1:
+        build_server(settings).run()
+        return 0
+    return serve_workers(settings)
+
+
+def serve_workers(settings: Settings) -> int:
+    """Bind the port, run ``settings.processes`` workers on it, and wait for them all.
+
+    prometheus-client's multiprocess mode keeps every value in a file of a directory of ours,
+    made before the workers start (they read the variable when they import the client) and
+    removed when they are all gone.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.set_inheritable(True)
+    metrics_dir = tempfile.mkdtemp(prefix="surety-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker, args=(settings, sock), name=f"surety-worker-{n}")
+        for n in range(settings.processes)
+    ]
+    stopping = False
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.pid is not None and worker.exitcode is None:
+                os.kill(worker.pid, sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    status = 0
+    try:
+        for worker in workers:
+            worker.start()
+        log.info(
+            "serving on %s:%d in %d worker processes (pids %s), %d inference threads each",
+            settings.host,
+            sock.getsockname()[1],
+            len(workers),
+            ", ".join(str(worker.pid) for worker in workers),
+            settings.workers(),
+        )
+        running = list(workers)
+        while running:
+            wait([worker.sentinel for worker in running])
+            for worker in [worker for worker in running if not worker.is_alive()]:
+                worker.join()
+                running.remove(worker)
+                assert worker.pid is not None
+                _mark_dead(worker.pid, metrics_dir)
+                if worker.exitcode != 0:
+                    status = 1
+                    if not stopping:
+                        log.error("%s exited with %s: stopping", worker.name, worker.exitcode)
+                        forward(signal.SIGTERM, None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+        sock.close()
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return status
+
+
+def _mark_dead(pid: int, metrics_dir: str) -> None:
+    # Imported here: the client reads the multiprocess variable when first imported.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+def _worker(settings: Settings, sock: socket.socket) -> None:
+    """One worker process: the single-process server on the shared socket."""
+    # Out of the terminal's process group: Ctrl-C reaches the parent only, which forwards it
+    # once (a second signal to a worker forces its exit).
+    os.setpgrp()
+    logging.getLogger().setLevel(settings.log_level.upper())
+    build_server(settings).run(sockets=[sock])

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt, SecretStr, field_validator
+from pydantic import AliasChoices, Field, PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -57,7 +57,16 @@ class Settings(BaseSettings):
     )
     inference_workers: PositiveInt | None = Field(
         default=None,
-        description="concurrent ORT runs in the process; default cores // intra_op_threads",
+        description="concurrent ORT runs in each process; "
+        "default cores // (processes * intra_op_threads)",
+    )
+    # ``workers`` is taken by the method below (inference workers), hence the field's name;
+    # the variable is SURETY_WORKERS, as the command line's --workers.
+    processes: PositiveInt = Field(
+        default=1,
+        validation_alias=AliasChoices("processes", "surety_workers"),
+        description="server processes sharing the port (SURETY_WORKERS, --workers), each "
+        "loading every model; metrics are aggregated across them",
     )
 
     # -- bounded work per request ---------------------------------------------------------
@@ -100,10 +109,11 @@ class Settings(BaseSettings):
     )
 
     def workers(self) -> int:
-        """The number of threads that run ORT sessions, bounded by the available cores."""
+        """The number of threads that run ORT sessions in each server process: the available
+        cores shared out between the processes, ``intra_op_threads`` each."""
         if self.inference_workers is not None:
             return self.inference_workers
-        return max(1, available_cores() // self.intra_op_threads)
+        return max(1, available_cores() // (self.processes * self.intra_op_threads))
 
     # -- API keys ---------------------------------------------------------------------------
     # NoDecode: the variable is a plain comma-separated list, not the JSON pydantic-settings

@@ -1,0 +1,140 @@
+"""`surety serve --workers 2`, a real process group: both workers serve, /metrics counts every
+request once across them, and SIGTERM drains the group to exit 0 in time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service import settings as settings_module
+from service.cli import parser
+from service.metrics import cpu_seconds
+from service.settings import Settings
+from tests.service.helpers import image_request
+from tests.service.test_shutdown import free_port
+
+WORKERS = 2
+REQUESTS = 300
+CLIENTS = 12
+DRAIN_S = 1.0
+SHUTDOWN_TIMEOUT_S = 8.0
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The server's worker processes (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [
+        int(child)
+        for child in children
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = httpx.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_load_count_it_once_and_exit_0(repository, images, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "SURETY_DRAIN_S": str(DRAIN_S),
+        "SURETY_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
+        "SURETY_LOG_LEVEL": "warning",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = tmp_path / "server.log"
+    log = log_path.open("w")
+    command = [sys.executable, "-m", "service.cli", "serve", "--model-repository", str(repository)]
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--workers", str(WORKERS)], env=env, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + 90
+        # Ready once every worker has loaded the models: each answers readiness on its own.
+        while True:
+            assert server.poll() is None, log_path.read_text()
+            try:
+                ready = httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+                if ready and scrape(url).get(
+                    ("surety_model_ready", (("model", "digits"), ("version", "1")))
+                ):
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.1)
+        workers = worker_pids(server.pid)
+        assert len(workers) == WORKERS
+        time.sleep(0.5)  # both have started listening (the second may have loaded later)
+        cpu_before = {pid: cpu_seconds(pid) for pid in workers}
+
+        body = image_request(images[:8])
+
+        def post(_: int) -> int:
+            # A connection per request, so that the kernel hands them to either worker.
+            return httpx.post(f"{url}/v2/models/digits/infer", json=body, timeout=30).status_code
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            statuses = list(pool.map(post, range(REQUESTS)))
+        assert set(statuses) == {200}
+        cpu_used = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in workers}
+
+        samples = scrape(url)
+        labels = (("code", "200"), ("endpoint", "infer"), ("model", "digits"))
+        assert samples[("surety_requests_total", labels)] == REQUESTS
+        inferred = (("endpoint", "infer"), ("model", "digits"))
+        assert samples[("surety_request_duration_seconds_count", inferred)] == REQUESTS
+        assert samples[("surety_inflight_requests", (("model", "digits"),))] == 0
+        assert samples[("process_cpu_seconds_total", ())] > 0
+        # Both workers served: each spent real CPU on the load (an idle one spends ~none).
+        print(f"worker CPU during the load: {cpu_used}")
+        total = sum(cpu_used.values())
+        assert all(used > 0.1 * total for used in cpu_used.values()), cpu_used
+
+        signalled = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        time.sleep(DRAIN_S / 2)
+        assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 503  # draining
+        exit_code = server.wait(timeout=SHUTDOWN_TIMEOUT_S + 5)
+        stopped_after = time.monotonic() - signalled
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log.close()
+
+    assert exit_code == 0, log_path.read_text()
+    assert DRAIN_S <= stopped_after < SHUTDOWN_TIMEOUT_S + 2
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    print(f"group exited 0 {stopped_after:.1f} s after SIGTERM")
+
+
+def test_workers_setting_splits_the_cores(monkeypatch):
+    monkeypatch.setattr(settings_module, "available_cores", lambda: 8)
+    for name in ("SURETY_WORKERS", "SURETY_INFERENCE_WORKERS", "SURETY_INTRA_OP_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert parser().parse_args(["serve", "--workers", "3"]).workers == 3
+    assert Settings().processes == 1
+    assert Settings().workers() == 8
+    monkeypatch.setenv("SURETY_WORKERS", "2")
+    assert Settings().processes == 2
+    assert Settings().workers() == 4  # 2 processes x 4 inference threads = 8 cores
+    assert Settings(intra_op_threads=2).workers() == 2
+    assert Settings(processes=8).workers() == 1
