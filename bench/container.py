@@ -18,27 +18,13 @@ import argparse
 import statistics
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from serving import Figures, free_port, load, requests, server
+from serving import Figures, free_port, load, requests, server, wait_ready
 from sklearn.datasets import load_digits
-
-
-def wait_ready(port: int, timeout: float = 60.0) -> float:
-    """Seconds until /v2/health/ready answers 200."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready") as r:
-                if r.status == 200:
-                    return time.monotonic() - started
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"no ready server on port {port} after {timeout:.0f} s")
 
 
 @contextmanager

@@ -27,12 +27,10 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import orjson
+from serving import free_port, wait_ready
 from sklearn.datasets import load_digits
 
 import kernels
@@ -125,27 +124,10 @@ def kserve_python() -> Path:
     return python
 
 
-def wait_ready(port: int, process: subprocess.Popen[bytes], url: str) -> None:
-    """Poll ``url`` until it answers 200."""
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{url}") as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError(f"server on port {port} did not become ready")
-        time.sleep(0.2)
-
-
 @contextlib.contextmanager
 def started(name: str, model: Path) -> Iterator[tuple[int, int]]:
     """Start the named server; yields (port, pid)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     env = {**os.environ, "PEER_MODEL": str(model / "1" / "model.onnx"),
            "PEER_LIBRARY": kernels.library_path(), "PEER_MODEL_NAME": MODEL,
            "PEER_PORT": str(port), "SURETY_LOG_LEVEL": "warning",

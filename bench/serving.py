@@ -161,6 +161,27 @@ def free_port() -> int:
         return port
 
 
+def wait_ready(
+    port: int,
+    process: subprocess.Popen[bytes] | None = None,
+    path: str = "/v2/health/ready",
+    timeout: float = 90.0,
+) -> float:
+    """Poll ``path`` on loopback until it answers 200; seconds waited. RuntimeError when
+    ``timeout`` passes or ``process`` (the server, when the caller holds it) exits first."""
+    started = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
+                if r.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        if time.monotonic() - started > timeout or (process and process.poll() is not None):
+            raise RuntimeError(f"no ready server on port {port} after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def server(repository: Path, batching: bool) -> Iterator[int]:
     """A `surety serve` process; yields its port once ready."""
@@ -170,16 +191,7 @@ def server(repository: Path, batching: bool) -> Iterator[int]:
                "--model-repository", str(repository)]  # fmt: skip
     process = subprocess.Popen(command, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready") as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("server did not become ready") from None
-                time.sleep(0.1)
+        wait_ready(port, process)
         yield port
     finally:
         process.terminate()
