@@ -2,6 +2,7 @@
 // when it is created (SURETY_KERNELS_ISA, else the best path the CPU has).
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 namespace surety {
@@ -22,6 +23,22 @@ bool cpu_supports(Isa isa);
 // variable is unset or empty, the most capable path the CPU supports. Returns false and sets
 // *error when the variable names an unknown path or one this CPU lacks.
 bool select_isa(Isa* isa, std::string* error);
+
+// Whether a variant table (rows with an `isa` member) has one row per path of isa_variants.inc,
+// in its order: each op's dispatch static_asserts it.
+template <typename Row, size_t N>
+constexpr bool rows_follow_isa_list(const Row (&rows)[N]) {
+  constexpr Isa order[] = {
+#define SURETY_ISA(enumerator, name, suffix) Isa::enumerator,
+#include "isa_variants.inc"
+#undef SURETY_ISA
+  };
+  if (N != sizeof(order) / sizeof(order[0])) return false;
+  for (size_t i = 0; i < N; ++i) {
+    if (rows[i].isa != order[i]) return false;
+  }
+  return true;
+}
 
 // select_isa for C callers: the name, or nullptr with *error pointing at a message that stays
 // valid for the calling thread until its next call.

@@ -47,37 +47,6 @@ Enum choose(const std::string& where, const char* attribute, const std::string& 
                                             "' is not one of: " + known);
 }
 
-// Attribute readers returning `fallback` when the node leaves the attribute out.
-int64_t int_attribute(const OrtKernelInfo* info, const char* name, int64_t fallback) {
-  int64_t value = fallback;
-  if (OrtStatus* absent = api().KernelInfoGetAttribute_int64(info, name, &value)) {
-    api().ReleaseStatus(absent);
-    return fallback;
-  }
-  return value;
-}
-
-float float_attribute(const OrtKernelInfo* info, const char* name, float fallback) {
-  float value = fallback;
-  if (OrtStatus* absent = api().KernelInfoGetAttribute_float(info, name, &value)) {
-    api().ReleaseStatus(absent);
-    return fallback;
-  }
-  return value;
-}
-
-std::string string_attribute(const OrtKernelInfo* info, const char* name, const char* fallback) {
-  size_t size = 0;
-  if (OrtStatus* absent = api().KernelInfoGetAttribute_string(info, name, nullptr, &size)) {
-    api().ReleaseStatus(absent);
-    return fallback;
-  }
-  std::string value(size, '\0');
-  Ort::ThrowOnError(api().KernelInfoGetAttribute_string(info, name, value.data(), &size));
-  value.resize(size > 0 ? size - 1 : 0);  // the size counts the terminating NUL
-  return value;
-}
-
 SparseAttentionConfig read_config(const OrtKernelInfo* info, const std::string& where) {
   SparseAttentionConfig c;  // its defaults are the attributes' defaults
   const char* w = where.c_str();

@@ -46,6 +46,36 @@ int64_t RowBroadcast::offset(int64_t row) const {
   return offset;
 }
 
+int64_t int_attribute(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+  int64_t value = fallback;
+  if (OrtStatus* absent = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value)) {
+    Ort::GetApi().ReleaseStatus(absent);
+    return fallback;
+  }
+  return value;
+}
+
+float float_attribute(const OrtKernelInfo* info, const char* name, float fallback) {
+  float value = fallback;
+  if (OrtStatus* absent = Ort::GetApi().KernelInfoGetAttribute_float(info, name, &value)) {
+    Ort::GetApi().ReleaseStatus(absent);
+    return fallback;
+  }
+  return value;
+}
+
+std::string string_attribute(const OrtKernelInfo* info, const char* name, const char* fallback) {
+  size_t size = 0;
+  if (OrtStatus* absent = Ort::GetApi().KernelInfoGetAttribute_string(info, name, nullptr, &size)) {
+    Ort::GetApi().ReleaseStatus(absent);
+    return fallback;
+  }
+  std::string value(size, '\0');
+  Ort::ThrowOnError(Ort::GetApi().KernelInfoGetAttribute_string(info, name, value.data(), &size));
+  value.resize(size > 0 ? size - 1 : 0);  // the size counts the terminating NUL
+  return value;
+}
+
 TensorInfo tensor_info(const Ort::ConstValue& value) {
   const Ort::TensorTypeAndShapeInfo info = value.GetTensorTypeAndShapeInfo();
   return {info.GetElementType(), info.GetShape()};

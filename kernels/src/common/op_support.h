@@ -75,4 +75,9 @@ TensorInfo tensor_info(const Ort::ConstValue& value);
 
 const char* element_type_name(ONNXTensorElementDataType type);
 
+// A node attribute, or `fallback` when the node leaves it out.
+int64_t int_attribute(const OrtKernelInfo* info, const char* name, int64_t fallback);
+float float_attribute(const OrtKernelInfo* info, const char* name, float fallback);
+std::string string_attribute(const OrtKernelInfo* info, const char* name, const char* fallback);
+
 }  // namespace surety

@@ -12,22 +12,7 @@ constexpr F32SoftmaxKernels kVariants[] = {
 #undef SURETY_F32_SOFTMAX_VARIANT
 };
 
-constexpr Isa kIsaOrder[] = {
-#define SURETY_ISA(enumerator, name, suffix) Isa::enumerator,
-#include "isa_variants.inc"
-#undef SURETY_ISA
-};
-
-constexpr bool rows_follow_isa_list() {
-  if (sizeof(kVariants) / sizeof(kVariants[0]) != sizeof(kIsaOrder) / sizeof(kIsaOrder[0])) {
-    return false;
-  }
-  for (size_t i = 0; i < sizeof(kIsaOrder) / sizeof(kIsaOrder[0]); ++i) {
-    if (kVariants[i].isa != kIsaOrder[i]) return false;
-  }
-  return true;
-}
-static_assert(rows_follow_isa_list(),
+static_assert(rows_follow_isa_list(kVariants),
               "f32_softmax_variants.inc needs one row per path of isa_variants.inc, in its order");
 
 }  // namespace

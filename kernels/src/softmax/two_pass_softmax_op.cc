@@ -305,11 +305,7 @@ struct TwoPassSoftmaxOp : Ort::CustomOpBase<TwoPassSoftmaxOp, TwoPassSoftmaxKern
     return status_from(kOpName, [&] {
       const std::string node = Ort::ConstKernelInfo(info).GetNodeName();
       if (!node.empty()) where += " (node '" + node + "')";
-      int64_t algorithm = 0;
-      if (OrtStatus* absent = ort.KernelInfoGetAttribute_int64(info, "algorithm", &algorithm)) {
-        ort.ReleaseStatus(absent);
-        algorithm = 0;
-      }
+      const int64_t algorithm = int_attribute(info, "algorithm", 0);
       if (algorithm < 0 || algorithm > 2) {
         throw_invalid_argument(where.c_str(), "attribute algorithm=" + std::to_string(algorithm) +
                                                   " is not 0 (auto), 1 (two-pass) or 2 (reload)");
