@@ -25,7 +25,8 @@ from typing import NoReturn
 import httpx
 import pytest
 
-from tests.deploy.prometheus import free_port, in_ci
+from tests.deploy.prometheus import in_ci
+from tests.service.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "docker"

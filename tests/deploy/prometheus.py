@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +26,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from tests.service.helpers import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -92,13 +92,6 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [path, *args], capture_output=True, text=True, timeout=120, check=False, cwd=ROOT
     )
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (the caller binds it soon after)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape_config(
@@ -207,16 +200,6 @@ def _start(config_file: Path, storage: Path, log: Path, port: int) -> subprocess
         )
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-
-
 @contextmanager
 def running_prometheus(
     config: Mapping[str, Any], workdir: Path, timeout_s: float = 30
@@ -236,9 +219,9 @@ def running_prometheus(
             if _wait_ready(prometheus, timeout_s):
                 break
         except BaseException:
-            _stop(process)
+            stop_process(process)
             raise
-        _stop(process)
+        stop_process(process)
         if "address already in use" not in log.read_text(errors="replace"):
             raise RuntimeError(f"prometheus did not start:\n{log.read_text(errors='replace')}")
     else:
@@ -246,7 +229,7 @@ def running_prometheus(
     try:
         yield prometheus
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def _wait_ready(prometheus: Prometheus, timeout_s: float) -> bool:

@@ -35,12 +35,12 @@ from tests.deploy.prometheus import (
     ROOT,
     RULES,
     Prometheus,
-    free_port,
     promtool,
     require_tools,
     running_prometheus,
     scrape_config,
 )
+from tests.service.helpers import free_port, stop_process, wait_ready
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -396,27 +396,12 @@ def surety_server(repository: Path, workdir: Path) -> Iterator[str]:
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in 120 s:\n{log_path.read_text()}"
-            time.sleep(0.1)
+        wait_ready(url, server, log_path, timeout=120)
         yield url
     finally:
-        if server.poll() is None:
-            # SIGINT skips the drain window that SIGTERM keeps open for load balancers
-            # (SURETY_DRAIN_S, 5 s): nothing routes to this server but the test.
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=10)
+        # SIGINT skips the drain window that SIGTERM keeps open for load balancers
+        # (SURETY_DRAIN_S, 5 s): nothing routes to this server but the test.
+        stop_process(server, signal.SIGINT, timeout=45)
 
 
 ROUNDS = 3

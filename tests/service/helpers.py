@@ -2,18 +2,64 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from service.runtime.session import OnnxSession
 from service.server import build_server
 from service.settings import Settings
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the caller binds it soon after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(
+    url: str,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    timeout: float = 60.0,
+    also: Callable[[], bool] | None = None,
+) -> None:
+    """Poll ``url``'s /v2/health/ready until 200 (and ``also()``, when given), failing with the
+    server's log when ``process`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            response = httpx.get(f"{url}/v2/health/ready", timeout=1)
+            if response.status_code == 200 and (also is None or also()):
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"not ready in {timeout:.0f} s:\n{log_path.read_text()}"
+        time.sleep(0.1)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0
+) -> None:
+    """Send ``sig`` to a process still running, wait ``timeout`` for it, then kill it."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @contextmanager

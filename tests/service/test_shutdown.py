@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,17 +13,11 @@ import time
 import httpx
 import pytest
 
-from tests.service.helpers import image_request
+from tests.service.helpers import free_port, image_request, wait_ready
 
 DRAIN_S = 2.0
 SHUTDOWN_TIMEOUT_S = 8.0
 CLIENTS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.slow
@@ -37,20 +30,12 @@ def test_sigterm_drains_then_exits_0_without_losing_requests(repository, images,
         "SURETY_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
         "SURETY_LOG_LEVEL": "warning",
     }
-    log = (tmp_path / "server.log").open("w")
+    log_path = tmp_path / "server.log"
+    log = log_path.open("w")
     command = [sys.executable, "-m", "service.cli", "serve", "--model-repository", str(repository)]
     server = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+        wait_ready(url, server, log_path)
 
         statuses: list[int] = []
         failures: list[str] = []

@@ -19,8 +19,7 @@ from service import settings as settings_module
 from service.cli import parser
 from service.metrics import cpu_seconds
 from service.settings import Settings
-from tests.service.helpers import image_request
-from tests.service.test_shutdown import free_port
+from tests.service.helpers import free_port, image_request, wait_ready
 
 WORKERS = 2
 REQUESTS = 300
@@ -67,20 +66,11 @@ def test_two_workers_share_the_load_count_it_once_and_exit_0(repository, images,
         [*command, "--port", str(port), "--workers", str(WORKERS)], env=env, stdout=log, stderr=log
     )
     try:
-        deadline = time.monotonic() + 90
         # Ready once every worker has loaded the models: each answers readiness on its own.
-        while True:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                ready = httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
-                if ready and scrape(url).get(
-                    ("surety_model_ready", (("model", "digits"), ("version", "1")))
-                ):
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+        model_ready = ("surety_model_ready", (("model", "digits"), ("version", "1")))
+        wait_ready(
+            url, server, log_path, timeout=90, also=lambda: bool(scrape(url).get(model_ready))
+        )
         workers = worker_pids(server.pid)
         assert len(workers) == WORKERS
         time.sleep(0.5)  # both have started listening (the second may have loaded later)
