@@ -129,28 +129,31 @@ def expected_score(
 
     Args:
         layer_logits: ``[B, L, K]`` score-token logits from ``L`` layers.
-        layer_weights: ``[L]`` aggregation weights, applied as given (not normalised).
+        layer_weights: aggregation weights, applied as given (not normalised): ``[L]``, one per
+            layer, or ``[L, K]``, one per layer and score token.
         score_values: ``[K]`` the value of each score token.
 
     Returns:
-        ``expected_score[b] = sum_k v_k p[b, k]`` with ``p = softmax(sum_l w_l z[b, l])``, and
-        ``p`` itself ``[B, K]``. The softmax follows ``two_pass_softmax`` (NaN rows, ``+inf``
-        limits); a row whose aggregated logits are all ``-inf`` has ``p = 0`` and an expected
-        score of NaN: there is no distribution to take the expectation over.
+        ``expected_score[b] = sum_k v_k p[b, k]`` with ``p = softmax(zbar[b])``, and ``p`` itself
+        ``[B, K]``, where ``zbar[b, k] = sum_l w[l] z[b, l, k]`` (``[L]`` weights) or
+        ``sum_l w[l, k] z[b, l, k]`` (``[L, K]`` weights). The softmax follows
+        ``two_pass_softmax`` (NaN rows, ``+inf`` limits); a row whose aggregated logits are all
+        ``-inf`` has ``p = 0`` and an expected score of NaN: there is no distribution to take the
+        expectation over.
     """
     z = np.asarray(layer_logits, dtype=np.float32).astype(np.float64)
     w = np.asarray(layer_weights, dtype=np.float32).astype(np.float64)
     v = np.asarray(score_values, dtype=np.float32).astype(np.float64)
-    if z.ndim != 3 or w.ndim != 1 or v.ndim != 1:
-        raise ValueError("expected layer_logits [B, L, K], layer_weights [L], score_values [K]")
-    if w.shape[0] != z.shape[1] or v.shape[0] != z.shape[2]:
+    if z.ndim != 3 or w.shape not in ((z.shape[1],), z.shape[1:]) or v.shape != (z.shape[2],):
         raise ValueError(
-            f"shapes {list(z.shape)}, {list(w.shape)}, {list(v.shape)} are not [B, L, K], [L], [K]"
+            f"shapes {list(z.shape)}, {list(w.shape)}, {list(v.shape)} are not "
+            "[B, L, K], [L] or [L, K], [K]"
         )
+    per_score = w if w.ndim == 2 else w[:, None]  # [L] as [L, 1], broadcast along K
     with np.errstate(invalid="ignore", over="ignore"):
         aggregated = np.zeros((z.shape[0], z.shape[2]))
         for layer in range(z.shape[1]):
-            aggregated = aggregated + w[layer] * z[:, layer, :]
+            aggregated = aggregated + per_score[layer] * z[:, layer, :]
     probs, lse = _softmax_rows(aggregated, np.ones(aggregated.shape, dtype=bool))
     with np.errstate(invalid="ignore"):
         score = np.sum(probs * v, axis=-1)

@@ -1,7 +1,10 @@
 // ai.surety::ExpectedScore, opset 1: LAGER's head, fused.
 //
-//   layer_logits [B, L, K], layer_weights [L], score_values [K] (all float32)
-//   -> expected_score [B] = sum_k v_k softmax(sum_l w_l z_l)_k, probabilities [B, K]
+//   layer_logits [B, L, K], layer_weights [L] or [L, K], score_values [K] (all float32)
+//   -> expected_score [B] = sum_k v_k softmax(zbar)_k, probabilities [B, K] = softmax(zbar)
+//   with zbar_k = sum_l w_l z_{l,k} ([L]: one weight per layer, LAGER's aggregation)
+//     or zbar_k = sum_l W_{l,k} z_{l,k} ([L, K]: one weight per layer and score token, e.g.
+//        signed weights fitted on human judgments, where a layer may favour some scores only).
 //
 // Per row, the weighted sum over layers is accumulated straight into the row of `probabilities`
 // (K floats, in L1), the softmax runs in place there with the reload algorithm (K is a handful
@@ -35,6 +38,7 @@ class ExpectedScoreKernel {
   }
 
  private:
+  // Input `index`: required, float32, of rank `rank` (0: the caller checks the shape).
   TensorInfo input(OrtKernelContext* context, size_t index, const char* name, size_t rank,
                    const float** data) const {
     const OrtValue* value = nullptr;
@@ -45,7 +49,7 @@ class ExpectedScoreKernel {
       throw_invalid_argument(where_.c_str(),
                              std::string(name) + " must be float32, got " + element_type_name(info.type));
     }
-    if (info.shape.size() != rank) {
+    if (rank != 0 && info.shape.size() != rank) {
       throw_invalid_argument(where_.c_str(), std::string(name) + " must have rank " + std::to_string(rank) +
                                                  ", got shape " + shape_to_string(info.shape));
     }
@@ -59,16 +63,21 @@ class ExpectedScoreKernel {
     const float* weights = nullptr;
     const float* values = nullptr;
     const TensorInfo z = input(context, 0, "layer_logits", 3, &logits);
-    const TensorInfo w = input(context, 1, "layer_weights", 1, &weights);
+    const TensorInfo w = input(context, 1, "layer_weights", 0, &weights);
     const TensorInfo v = input(context, 2, "score_values", 1, &values);
     const int64_t batch = z.shape[0];
     const int64_t layers = z.shape[1];
     const int64_t classes = z.shape[2];
-    if (w.shape[0] != layers) {
+    // [L]: one weight per layer, shared by the K score tokens; [L, K]: one per (layer, token).
+    const Shape per_layer{layers};
+    const Shape per_score{layers, classes};
+    if (w.shape != per_layer && w.shape != per_score) {
       throw_invalid_argument(where, "layer_weights shape " + shape_to_string(w.shape) +
-                                        " does not match the L of layer_logits shape " + shape_to_string(z.shape) +
-                                        " [B, L, K] (expected [" + std::to_string(layers) + "])");
+                                        " is neither [L] = " + shape_to_string(per_layer) + " nor [L, K] = " +
+                                        shape_to_string(per_score) + " for layer_logits shape " +
+                                        shape_to_string(z.shape) + " [B, L, K]");
     }
+    const bool weight_per_score = w.shape.size() == 2;
     if (v.shape[0] != classes) {
       throw_invalid_argument(where, "score_values shape " + shape_to_string(v.shape) +
                                         " does not match the K of layer_logits shape " + shape_to_string(z.shape) +
@@ -100,10 +109,17 @@ class ExpectedScoreKernel {
       const size_t end = std::min(rows, (t + 1) * rows_per_task);
       for (size_t b = t * rows_per_task; b < end; ++b) {
         float* p = probs != nullptr ? probs + b * k : scratch.data();
-        // Aggregated logits, sum_l w_l z_l, in the order of the layers (IEEE: 0 * inf is NaN).
+        // Aggregated logits, sum_l w_l z_l or sum_l W_lk z_lk, in the order of the layers (IEEE:
+        // 0 * inf is NaN). Both forms round alike (f32_softmax.h), so [L, K] weights constant
+        // along K reproduce the [L] form exactly.
         std::fill(p, p + k, 0.0f);
         for (size_t layer = 0; layer < l; ++layer) {
-          kernels_.vaxpy(k, logits + (b * l + layer) * k, weights[layer], p);
+          const float* z_row = logits + (b * l + layer) * k;
+          if (weight_per_score) {
+            kernels_.vmuladd(k, z_row, weights + layer * k, p);
+          } else {
+            kernels_.vaxpy(k, z_row, weights[layer], p);
+          }
         }
         float lse = 0.0f;
         f32_softmax_row_reload(kernels_, k, p, nullptr, 1.0f, p, &lse, values, &scores[b]);

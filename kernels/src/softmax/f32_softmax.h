@@ -84,8 +84,13 @@ using F32RAddStoreExpMinusMaxFn = float (*)(size_t n, const float* x, const uint
 // Reload pass 3: y_i *= c.
 using F32VMulCFn = void (*)(size_t n, float* y, float c);
 
-// ExpectedScore: acc_i += a * x_i.
+// ExpectedScore: acc_i += a * x_i (one weight per layer, [L] weights).
 using F32VAxpyFn = void (*)(size_t n, const float* x, float a, float* acc);
+
+// ExpectedScore: acc_i += w_i * x_i (one weight per layer and score token, [L, K] weights).
+// Rounds exactly as vaxpy does with every w_i = a (the same fused or unfused multiply-add per
+// path), so [L, K] weights that repeat one value per layer give the [L] form's result bit for bit.
+using F32VMulAddFn = void (*)(size_t n, const float* x, const float* w, float* acc);
 
 // ExpectedScore's last pass: y_i *= c, and returns sum_i v_i * y_i (after scaling).
 using F32VMulCRDotFn = float (*)(size_t n, float* y, float c, const float* v);
@@ -99,12 +104,13 @@ struct F32SoftmaxKernels {
   F32RAddStoreExpMinusMaxFn raddstoreexpminusmax;
   F32VMulCFn vmulc;
   F32VAxpyFn vaxpy;
+  F32VMulAddFn vmuladd;
   F32VMulCRDotFn vmulc_rdot;
 };
 
 // Prototypes of every variant, from the variant list.
 #define SURETY_F32_SOFTMAX_VARIANT(isa, raddextexp, vscaleextexp, rmax, raddstoreexpminusmax, \
-                                   vmulc, vaxpy, vmulc_rdot)                                    \
+                                   vmulc, vaxpy, vmuladd, vmulc_rdot)                           \
   ExtExpSum raddextexp(size_t n, const float* x, const uint8_t* mask, float scale);             \
   void vscaleextexp(size_t n, const float* x, const uint8_t* mask, float scale,                 \
                     float inv_mantissa, float exponent, float* y, bool nontemporal);            \
@@ -113,6 +119,7 @@ struct F32SoftmaxKernels {
                              float max, float* y);                                              \
   void vmulc(size_t n, float* y, float c);                                                      \
   void vaxpy(size_t n, const float* x, float a, float* acc);                                    \
+  void vmuladd(size_t n, const float* x, const float* w, float* acc);                           \
   float vmulc_rdot(size_t n, float* y, float c, const float* v);
 #include "softmax/f32_softmax_variants.inc"
 #undef SURETY_F32_SOFTMAX_VARIANT

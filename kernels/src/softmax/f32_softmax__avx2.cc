@@ -471,6 +471,20 @@ void f32_vaxpy__avx2_u8(size_t n, const float* x, float a, float* acc) {
   }
 }
 
+void f32_vmuladd__avx2_u8(size_t n, const float* x, const float* w, float* acc) {
+  while (n > 0) {
+    const size_t count = n < kLanes ? n : kLanes;
+    const __m256i live = lanes_below(count);
+    const __m256 sum = _mm256_fmadd_ps(_mm256_maskload_ps(w, live), _mm256_maskload_ps(x, live),
+                                       _mm256_maskload_ps(acc, live));
+    _mm256_maskstore_ps(acc, live, sum);
+    x += count;
+    w += count;
+    acc += count;
+    n -= count;
+  }
+}
+
 float f32_vmulc_rdot__avx2_u8(size_t n, float* y, float c, const float* v) {
   const __m256 vc = _mm256_set1_ps(c);
   __m256 acc = _mm256_setzero_ps();

@@ -388,6 +388,20 @@ void f32_vaxpy__avx512f_u16(size_t n, const float* x, float a, float* acc) {
   }
 }
 
+void f32_vmuladd__avx512f_u16(size_t n, const float* x, const float* w, float* acc) {
+  while (n > 0) {
+    const size_t count = n < kLanes ? n : kLanes;
+    const __mmask16 live = lanes_below(count);
+    const __m512 sum = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(live, w), _mm512_maskz_loadu_ps(live, x),
+                                       _mm512_maskz_loadu_ps(live, acc));
+    _mm512_mask_storeu_ps(acc, live, sum);
+    x += count;
+    w += count;
+    acc += count;
+    n -= count;
+  }
+}
+
 float f32_vmulc_rdot__avx512f_u16(size_t n, float* y, float c, const float* v) {
   const __m512 vc = _mm512_set1_ps(c);
   __m512 acc = _mm512_setzero_ps();

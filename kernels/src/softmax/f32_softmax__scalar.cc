@@ -96,6 +96,10 @@ void f32_vaxpy__scalar(size_t n, const float* x, float a, float* acc) {
   for (size_t i = 0; i < n; ++i) acc[i] += a * x[i];
 }
 
+void f32_vmuladd__scalar(size_t n, const float* x, const float* w, float* acc) {
+  for (size_t i = 0; i < n; ++i) acc[i] += w[i] * x[i];
+}
+
 float f32_vmulc_rdot__scalar(size_t n, float* y, float c, const float* v) {
   double dot = 0.0;
   for (size_t i = 0; i < n; ++i) {

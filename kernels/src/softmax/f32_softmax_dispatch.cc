@@ -6,8 +6,9 @@ namespace {
 
 constexpr F32SoftmaxKernels kVariants[] = {
 #define SURETY_F32_SOFTMAX_VARIANT(isa, raddextexp, vscaleextexp, rmax, raddstoreexpminusmax, \
-                                   vmulc, vaxpy, vmulc_rdot)                                    \
-  {Isa::isa, raddextexp, vscaleextexp, rmax, raddstoreexpminusmax, vmulc, vaxpy, vmulc_rdot},
+                                   vmulc, vaxpy, vmuladd, vmulc_rdot)                           \
+  {Isa::isa, raddextexp, vscaleextexp, rmax, raddstoreexpminusmax, vmulc, vaxpy, vmuladd,       \
+   vmulc_rdot},
 #include "softmax/f32_softmax_variants.inc"
 #undef SURETY_F32_SOFTMAX_VARIANT
 };
