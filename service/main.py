@@ -8,18 +8,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from threadpoolctl import threadpool_limits
 
 from service import __version__
 from service.api import ROUTERS
+from service.api.failures import error_response
+from service.api.fast import InferenceFastPath
 from service.api.middleware import RequestMiddleware
 from service.api.openapi import SuretyAPI, serve_docs
 from service.api.responses import OrjsonResponse
-from service.api.security import guards
+from service.api.security import guards, load_keyring
 from service.api.uploads import UploadBudget
-from service.errors import ERRORS, handle_error, spec_for
+from service.errors import ERRORS
 from service.metrics import Metrics
 from service.runtime.dataplane import DataPlane
 from service.runtime.repository import load_repository
@@ -49,18 +51,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    access_guards = guards(settings)
+    keyring = load_keyring(settings)
+    access_guards = guards(settings, keyring)
     for router, access in ROUTERS:
         guard = access_guards[access]
         app.include_router(router, dependencies=guard.dependencies, responses=guard.responses)
     serve_docs(app)
     for exc_type in (*ERRORS, HTTPException, Exception):
-        app.add_exception_handler(exc_type, _error_response)
+        app.add_exception_handler(exc_type, error_response)
     app.add_middleware(
         RequestMiddleware,
         metrics=metrics,
         retry_after_s=settings.retry_after_s,
         pace_early_retries=settings.pace_early_retries,
+        fast_path=InferenceFastPath(keyring),
     )
     return app
 
@@ -87,14 +91,3 @@ async def lifespan(app: FastAPI) -> AsyncIterator[State]:
     finally:
         await plane.stop()
         blas_limits.restore_original_limits()
-
-
-async def _error_response(request: Request, exc: Exception) -> Response:
-    settings: Settings = request.app.state.settings
-    reason = spec_for(exc).reject_reason
-    model = request.path_params.get("model")
-    plane: DataPlane | None = getattr(request.state, "dataplane", None)
-    if reason is not None and model is not None and plane is not None and plane.is_known(model):
-        metrics: Metrics = request.app.state.metrics
-        metrics.rejected.labels(model=model, reason=reason).inc()
-    return handle_error(request, exc, settings.retry_after_s)

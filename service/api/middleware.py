@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: ``X-Request-ID`` echo, the per-request RED metrics, and early shedding.
+"""Pure ASGI middleware: ``X-Request-ID`` echo, the per-request RED metrics, early shedding, and
+the inference routes' fast path (service.api.fast).
 
 Pure ASGI rather than BaseHTTPMiddleware, which costs a task and a stream per request.
 
@@ -13,13 +14,15 @@ connection that comes back before its ``Retry-After`` has its refusal held (serv
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
-import uuid
 
+from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.fast import INFERENCE_PATH, InferenceFastPath
 from service.api.inference import REQUEST_TIMEOUT, header_timeout
 from service.api.pacing import RetryPacer
 from service.errors import (
@@ -35,24 +38,26 @@ from service.metrics import Metrics
 REQUEST_ID = b"x-request-id"
 MAX_REQUEST_ID = 200
 UNKNOWN_MODEL = "_unknown"
-#: The paths of the inference routes (service/api/{infer,score,uncertainty}.py), with and
-#: without a version; tests/service/api/test_shedding.py keeps the two in step.
-INFERENCE_PATH = re.compile(
-    r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[0-9]+))?"
-    r"/(?P<endpoint>infer|score|uncertainty)"
-)
 LOAD_REFUSALS = (QueueFullError, DeadlineExceededError, DrainingError)
 
 
 class RequestMiddleware:
     """Echo (or assign) X-Request-ID; count and time every request by route and model; refuse
-    inference requests the model has no room for before they are routed."""
+    inference requests the model has no room for before they are routed, and serve the others
+    by the fast path (None: route them too, as tests/service/api/test_fast_path.py compares)."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, retry_after_s: int, pace_early_retries: bool
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        retry_after_s: int,
+        pace_early_retries: bool,
+        fast_path: InferenceFastPath | None,
     ) -> None:
         self.app = app
+        self.fast_path = fast_path
         self.metrics = metrics
+        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.retry_after_s = retry_after_s
         self.pacer = RetryPacer(retry_after_s) if pace_early_retries else None
 
@@ -75,7 +80,9 @@ class RequestMiddleware:
         path = _inference_path(scope)
         refusal = self._refusal(scope, path) if path is not None else None
         try:
-            if refusal is None:
+            if path is not None and refusal is None and self.fast_path is not None:
+                await self.fast_path(scope, receive, send_with_id, path)
+            elif refusal is None:
                 await self.app(scope, receive, send_with_id)
             else:
                 if self.pacer is not None and (delay := self.pacer.hold(scope.get("client"))):
@@ -83,16 +90,29 @@ class RequestMiddleware:
                 response = handle_error(Request(scope), refusal, self.retry_after_s)
                 await response(scope, receive, send_with_id)
         finally:
-            if path is not None and refusal is not None:
-                endpoint, model = path["endpoint"], path["model"]
+            if path is None:
+                endpoint, model = self._labels(scope)
+            else:
+                endpoint, model = path["endpoint"], self._known(scope, path["model"])
+            if refusal is not None:
                 reason = spec_for(refusal).reject_reason
                 self.metrics.rejected.labels(model=model, reason=reason).inc()
-            else:
-                endpoint, model = self._labels(scope)
-            self.metrics.requests.labels(endpoint=endpoint, model=model, code=str(status)).inc()
-            self.metrics.request_duration.labels(endpoint=endpoint, model=model).observe(
-                time.perf_counter() - started
+            count, duration = self._series(endpoint, model, status)
+            count.inc()
+            duration.observe(time.perf_counter() - started)
+
+    def _series(self, endpoint: str, model: str, status: int) -> tuple[Counter, Histogram]:
+        """The request counter and duration histogram of these labels, looked up once: the
+        label values are bounded (routes, known models, statuses), and prometheus-client's
+        ``labels`` costs a lock and a few allocations per call."""
+        key = (endpoint, model, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = (
+                self.metrics.requests.labels(endpoint=endpoint, model=model, code=str(status)),
+                self.metrics.request_duration.labels(endpoint=endpoint, model=model),
             )
+        return series
 
     @staticmethod
     def _refusal(scope: Scope, path: re.Match[str]) -> Exception | None:
@@ -113,16 +133,20 @@ class RequestMiddleware:
             return exc
         return None
 
-    @staticmethod
-    def _labels(scope: Scope) -> tuple[str, str]:
+    @classmethod
+    def _labels(cls, scope: Scope) -> tuple[str, str]:
         """Route name and model, bounded: unknown paths and model names collapse to one value."""
         route = scope.get("route")
         endpoint = getattr(route, "name", "unmatched")
-        model = scope.get("path_params", {}).get("model", "")
+        return endpoint, cls._known(scope, scope.get("path_params", {}).get("model", ""))
+
+    @staticmethod
+    def _known(scope: Scope, model: str) -> str:
+        """The model's name, or one value for every name the repository does not hold."""
         plane = scope.get("state", {}).get("dataplane")
         if model and (plane is None or not plane.is_known(model)):
-            model = UNKNOWN_MODEL
-        return endpoint, model
+            return UNKNOWN_MODEL
+        return model
 
 
 def _inference_path(scope: Scope) -> re.Match[str] | None:
@@ -142,4 +166,4 @@ def _request_id(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == REQUEST_ID and 0 < len(value) <= MAX_REQUEST_ID:
             return bytes(value)
-    return uuid.uuid4().hex.encode()
+    return os.urandom(16).hex().encode()

@@ -92,6 +92,11 @@ class KeyRing:
         if not self.accepts(key):
             raise UnauthorizedError("the API key is not accepted")
 
+    async def authenticate(self, request: Request) -> None:
+        """``require_key`` outside FastAPI's dependency injection (the inference fast path),
+        with the same two header schemes parsing the headers."""
+        await self.require_key(request, await BEARER(request), await API_KEY(request))
+
 
 def read_digests(path: Path) -> tuple[bytes, ...]:
     """The digests of a keys file: SHA-256 hex digests, one a line; ``#`` starts a comment.
@@ -139,9 +144,8 @@ class Guard:
     responses: Responses = field(default_factory=dict)
 
 
-def guards(settings: Settings) -> dict[Access, Guard]:
-    """The guard of each access level under ``settings``."""
-    keyring = load_keyring(settings)
+def guards(settings: Settings, keyring: KeyRing | None) -> dict[Access, Guard]:
+    """The guard of each access level under ``settings`` with ``keyring`` (None: keys off)."""
     if keyring is None:
         return dict.fromkeys(Access, Guard())
     challenge = {

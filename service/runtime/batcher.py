@@ -21,6 +21,12 @@ deadline. The batcher measures its own rate (rows per second of one execution sl
 average over recent batches), so the queue bound follows the model, the machine and the batch
 sizes that load produces, instead of a fixed count (``max_queue_size`` stays as a memory ceiling).
 A request whose deadline passes while it waits leaves the queue at once (504) and never runs.
+
+Inline runs: a batch-1 request that is its model's only one in flight, with nothing queued or
+running, runs on the event loop when the model's batch-1 run is measured to take at most
+``INLINE_RUN_S``. Handing it to the executor and back costs a futex wake, a self-pipe write and
+two thread switches, which for a small model is more CPU than the run itself (docs/benchmarks.md,
+Fast path); a model that runs longer, or any request that has company, goes through the queue.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ def sequence_length(feeds: Feeds, padded: Collection[str]) -> int:
 
 #: Weight of the newest batch in the rate estimate: about the last ten batches count.
 RATE_SMOOTHING = 0.2
+#: A lone batch-1 request runs on the event loop if the model's batch-1 runs take at most this
+#: long (a moving average): the loop is held no longer than a small JSON body's decoding.
+INLINE_RUN_S = 250e-6
 
 
 @dataclass(eq=False)
@@ -119,6 +128,8 @@ class Batcher:
         self._executing: set[_Pending] = set()
         #: Rows per second of one slot, measured; None until the first batch finishes.
         self._rows_per_s: float | None = None
+        #: Seconds of one batch-1 run (the session alone, no hand-over), measured.
+        self._single_run_s: float | None = None
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
@@ -167,15 +178,20 @@ class Batcher:
                 f"longer than the request's {remaining * 1e3:.0f} ms deadline; retry later"
             )
 
-    async def submit(self, feeds: Feeds, rows: int, deadline: float | None = None) -> Feeds:
+    async def submit(
+        self, feeds: Feeds, rows: int, deadline: float | None = None, alone: bool = False
+    ) -> Feeds:
         """Queue validated feeds of ``rows`` rows and wait for their outputs.
 
         ``deadline`` (``time.monotonic()`` seconds) is when the client stops waiting: the
         request is refused if the queue cannot finish it by then, and leaves the queue (504)
-        if it is still there when the deadline passes.
+        if it is still there when the deadline passes. ``alone``: the request is its model's
+        only one in flight, so it may run inline (see the module's docstring).
         """
         remaining = None if deadline is None else deadline - time.monotonic()
         self.admit(rows, remaining)
+        if alone and rows == 1 and self._inline_is_cheaper():
+            return self._infer_inline(feeds)
         future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
         pending = _Pending(
             feeds, rows, signature(feeds, self._pad), sequence_length(feeds, self._pad), future
@@ -195,6 +211,17 @@ class Batcher:
             raise DeadlineExceededError(
                 f"the deadline passed after {waited:.0f} ms waiting for model '{self.name}'"
             ) from None
+
+    def _inline_is_cheaper(self) -> bool:
+        """Nothing queued or running, and batch-1 runs measured short enough."""
+        run_s = self._single_run_s
+        return run_s is not None and run_s <= INLINE_RUN_S and not self._running and not self._queue
+
+    def _infer_inline(self, feeds: Feeds) -> Feeds:
+        self._metrics.queue_duration.observe(0.0)
+        outputs, run_s = self._timed_run(feeds, 1)
+        self._record(1, run_s, run_s)
+        return outputs
 
     async def _work(self) -> None:
         while True:
@@ -316,20 +343,35 @@ class Batcher:
         loop = asyncio.get_running_loop()
         rows = next(iter(feeds.values())).shape[0]
         started = time.monotonic()
+        outputs, run_s = await loop.run_in_executor(self._executor, self._timed_run, feeds, rows)
+        self._record(rows, time.monotonic() - started, run_s)
+        return outputs
+
+    def _timed_run(self, feeds: Feeds, rows: int) -> tuple[Feeds, float]:
+        """The session's outputs and its own run time; its failures as InferenceFailedError."""
+        started = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, feeds)
+            outputs = self._run(feeds)
         except Exception as exc:
             log.exception("model '%s': ONNX Runtime failed on a batch of %d rows", self.name, rows)
             raise InferenceFailedError(f"inference failed for model '{self.name}'") from exc
-        elapsed = time.monotonic() - started
+        return outputs, time.perf_counter() - started
+
+    def _record(self, rows: int, elapsed: float, run_s: float) -> None:
+        """Fold a finished run into the rate estimates and the metrics; ``elapsed`` includes
+        the hand-over to the executor, ``run_s`` is the session's alone."""
         rate = rows / max(elapsed, 1e-6)
         previous = self._rows_per_s
         self._rows_per_s = (
             rate if previous is None else previous + RATE_SMOOTHING * (rate - previous)
         )
+        if rows == 1:
+            single = self._single_run_s
+            self._single_run_s = (
+                run_s if single is None else single + RATE_SMOOTHING * (run_s - single)
+            )
         self._metrics.inference_duration.observe(elapsed)
         self._metrics.batch_size.observe(rows)
-        return outputs
 
 
 def _merge(batch: list[_Pending], pad: Mapping[str, int]) -> Feeds:

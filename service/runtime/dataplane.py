@@ -389,7 +389,9 @@ class DataPlane:
             feeds, rows, notes = await asyncio.to_thread(_prepare, target, request, scale)
         else:
             feeds, rows, notes = _prepare(target, request, scale)
-        outputs = await self._batchers[target.model, target.version].submit(feeds, rows, deadline)
+        batcher = self._batchers[target.model, target.version]
+        alone = self._active.get(target.model, 0) <= 1
+        outputs = await batcher.submit(feeds, rows, deadline, alone)
         return outputs, notes
 
     @contextmanager

@@ -10,7 +10,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from service.api import ROUTERS
-from service.api.middleware import INFERENCE_PATH
+from service.api.fast import INFERENCE_PATH
 from service.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import image_request, running_server

@@ -18,6 +18,7 @@ from service.errors import (
     QueueFullError,
 )
 from service.metrics import Metrics
+from service.runtime import batcher as batcher_module
 from service.runtime.batcher import Batcher, BatchPolicy
 from service.runtime.session import Feeds
 
@@ -364,3 +365,86 @@ def test_expiring_requests_leave_the_batcher_serving(direct, images):
     assert isinstance(later, dict)
     assert {type(r) for r in expiring} <= {dict, DeadlineExceededError}
     assert any(isinstance(r, DeadlineExceededError) for r in expiring)
+
+
+def threads_running(direct, ran_on: list[str]):
+    """The real session, noting the thread each run happened on."""
+
+    def run(batch: Feeds) -> Feeds:
+        ran_on.append(threading.current_thread().name)
+        return direct.run(batch)
+
+    return run
+
+
+def test_a_lone_batch_1_request_of_a_fast_model_runs_inline(direct, images, monkeypatch):
+    """The first run is measured in the executor; then lone batch-1 requests run on the loop,
+    with the same answers; requests with company, or of more rows, still go through the
+    executor. (The threshold is raised so that a busy machine cannot make digits "slow".)"""
+    monkeypatch.setattr(batcher_module, "INLINE_RUN_S", 1.0)
+    ran_on: list[str] = []
+
+    async def main() -> list[Feeds]:
+        batcher, executor = make(threads_running(direct, ran_on), POLICY)
+        batcher.start()
+        try:
+            results = [await batcher.submit(feeds(images[i : i + 1]), 1, alone=True)
+                       for i in range(4)]  # fmt: skip
+            await batcher.submit(feeds(images[:2]), 2, alone=True)
+            await batcher.submit(feeds(images[:1]), 1, alone=False)
+            return results
+        finally:
+            await batcher.stop()
+            executor.shutdown()
+
+    results = asyncio.run(main())
+    loop_thread = threading.current_thread().name
+    assert ran_on[0] != loop_thread  # measured first
+    assert ran_on[1:4] == [loop_thread] * 3
+    assert ran_on[4] != loop_thread and ran_on[5] != loop_thread
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(
+            result["logits"], direct.run(feeds(images[i : i + 1]))["logits"]
+        )
+
+
+def test_a_slow_model_never_runs_inline(direct, images):
+    ran_on: list[str] = []
+
+    def run(batch: Feeds) -> Feeds:
+        time.sleep(0.002)  # past INLINE_RUN_S
+        return threads_running(direct, ran_on)(batch)
+
+    async def main() -> None:
+        batcher, executor = make(run, POLICY)
+        batcher.start()
+        for i in range(4):
+            await batcher.submit(feeds(images[i : i + 1]), 1, alone=True)
+        await batcher.stop()
+        executor.shutdown()
+
+    asyncio.run(main())
+    assert threading.current_thread().name not in ran_on
+
+
+def test_an_inline_failure_is_an_inference_failure(direct, images):
+    calls = []
+
+    def run(batch: Feeds) -> Feeds:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("ORT broke")
+        return direct.run(batch)
+
+    async def main() -> None:
+        batcher, executor = make(run, POLICY)
+        batcher.start()
+        try:
+            await batcher.submit(feeds(images[:1]), 1, alone=True)
+            with pytest.raises(InferenceFailedError):
+                await batcher.submit(feeds(images[:1]), 1, alone=True)
+        finally:
+            await batcher.stop()
+            executor.shutdown()
+
+    asyncio.run(main())
