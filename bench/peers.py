@@ -2,11 +2,13 @@
 
 Two modes, ``--model digits`` (the default) and ``--model fortune-topics`` (text).
 
-Digits: four servers, each one process with one worker, all serving the digits model (custom op
+Digits: five servers, each one process unless named, all serving the digits model (custom op
 from ``kernels.library_path()``) with the same ONNX Runtime version and session options:
 
-- ``surety (batching on)`` / ``surety (batching off)``: ``.venv/bin/surety serve``,
-  ``SURETY_BATCHING=true/false``, ``SURETY_WORKERS=1``;
+- ``surety (batching on)`` / ``surety (batching off)``: ``.venv/bin/surety serve --workers 1``,
+  ``SURETY_BATCHING=true/false``;
+- ``surety (batching on, N workers)``: the same with ``--workers N`` (``--workers``, default 2;
+  1 leaves it out);
 - ``kserve``: ``kserve.ModelServer`` with a ``kserve.Model`` subclass
   (``bench/peers/kserve_app.py``), in its own virtualenv ``build/peers/kserve`` (made and cached
   on first run, pinned to our onnxruntime version);
@@ -29,6 +31,7 @@ Surety's text decoder makes) within 1e-6. Then ``wrk`` (closed loop, the bodies 
 wrk completed.
 
     .venv/bin/python bench/peers.py [--model digits] [--seconds 8] [--rounds 3] [--skip-kserve]
+                                    [--workers 2]
     .venv/bin/python bench/peers.py --model fortune-topics [--seconds 8] [--rounds 3]
 """
 
@@ -199,17 +202,18 @@ def kserve_python() -> Path:
 
 
 @contextlib.contextmanager
-def started(name: str, model: Path, workload: Workload) -> Iterator[tuple[int, int]]:
-    """Start the named server; yields (port, pid)."""
+def started(
+    name: str, model: Path, workload: Workload, workers: int = 1
+) -> Iterator[tuple[int, int]]:
+    """Start the named server (Surety with ``workers`` processes); yields (port, pid)."""
     port = free_port()
     env = {**os.environ, "PEER_MODEL": str(model / "1" / "model.onnx"),
            "PEER_LIBRARY": kernels.library_path(), "PEER_MODEL_NAME": workload.model,
-           "PEER_PORT": str(port), "SURETY_LOG_LEVEL": "warning",
-           "SURETY_WORKERS": "1"}  # fmt: skip
+           "PEER_PORT": str(port), "SURETY_LOG_LEVEL": "warning"}  # fmt: skip
     bin_ = Path(sys.executable).parent
     if name.startswith("surety"):
         env["SURETY_BATCHING"] = "true" if "on" in name else "false"
-        command = [str(bin_ / "surety"), "serve", "--port", str(port), "--workers", "1",
+        command = [str(bin_ / "surety"), "serve", "--port", str(port), "--workers", str(workers),
                    "--model-repository", str(model.parent)]  # fmt: skip
     elif name == "floor":
         env.update(workload.floor_env)
@@ -264,12 +268,19 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(WORKLOADS), default="digits")
     parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--skip-kserve", action="store_true", help="digits: KServe left out")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="also Surety (batching on) with N processes"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk missing: installing the Debian package", flush=True)
         subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True)
 
     names = ["surety (batching on)", "surety (batching off)", "floor"]
+    processes = dict.fromkeys(names, 1)
+    if args.workers > 1:
+        names.insert(1, multi := f"surety (batching on, {args.workers} workers)")
+        processes[multi] = args.workers
     if args.model != "digits":
         print(f"KServe: digits only; {args.model} runs Surety against the floor", flush=True)
     elif args.skip_kserve:
@@ -286,7 +297,9 @@ def main() -> None:
     runs: dict[tuple[str, int], list[Run]] = {(n, c): [] for n in names for c in (1, 32)}
 
     with contextlib.ExitStack() as stack:
-        servers = {n: stack.enter_context(started(n, entry, workload)) for n in names}
+        servers = {
+            n: stack.enter_context(started(n, entry, workload, processes.get(n, 1))) for n in names
+        }
         for name, (port, _) in servers.items():
             error = 0.0
             for body, expected in zip(workload.payloads, workload.expected, strict=False):
@@ -330,7 +343,7 @@ def report(
         return float(statistics.median(getattr(r, field) for r in runs[name, clients]))
 
     print(f"\n{workload.path}: {args.rounds} rounds x {args.seconds:g} s, medians; "
-          "one worker per server\n")  # fmt: skip
+          "one worker per server unless named\n")  # fmt: skip
     header = ("| server | req/s c=1 | req/s c=32 | p99 c=32 (ms) | CPU ms/req c=1 / c=32 "
               "| c=32 req/s vs KServe | c=32 req/s vs floor |")  # fmt: skip
     print(header)
@@ -351,6 +364,12 @@ def report(
             target = workload.cpu_target_ms
             verdict = "met" if cpu <= floor + target else "MISSED"
             print(f"target CPU/req c=1 <= floor + {target:g} ms, {variant}: {verdict}")
+    if args.workers > 1:
+        multi = f"surety (batching on, {args.workers} workers)"
+        gain = med(multi, 32, "rps") / med("surety (batching on)", 32, "rps")
+        verdict = "met" if gain >= 1.6 else "MISSED"
+        print(f"target c=32 with --workers {args.workers} >= 1.6x one worker: {gain:.2f}x "
+              f"-> {verdict}")  # fmt: skip
     if "kserve" not in names:
         print("targets vs KServe: not measured (KServe not in this run)")
         return

@@ -22,11 +22,12 @@ average over recent batches), so the queue bound follows the model, the machine 
 sizes that load produces, instead of a fixed count (``max_queue_size`` stays as a memory ceiling).
 A request whose deadline passes while it waits leaves the queue at once (504) and never runs.
 
-Inline runs: a batch-1 request that is its model's only one in flight, with nothing queued or
-running, runs on the event loop when the model's batch-1 run is measured to take at most
-``INLINE_RUN_S``. Handing it to the executor and back costs a futex wake, a self-pipe write and
-two thread switches, which for a small model is more CPU than the run itself (docs/benchmarks.md,
-Fast path); a model that runs longer, or any request that has company, goes through the queue.
+Inline runs: a batch-1 request that would run alone anyway (merging off; or it is its model's
+only one in flight, with nothing queued or running) runs on the event loop when the model's
+batch-1 run is measured to take at most ``INLINE_RUN_S``. Handing it
+to the executor and back costs a futex wake, a self-pipe write and two thread switches, which for
+a small model is more CPU than the run itself (docs/benchmarks.md, Fast path). A model that runs
+longer, or a request that could share a batch, goes through the queue.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ class Batcher:
         """
         remaining = None if deadline is None else deadline - time.monotonic()
         self.admit(rows, remaining)
-        if alone and rows == 1 and self._inline_is_cheaper():
+        if rows == 1 and self._inline_is_cheaper(alone):
             return self._infer_inline(feeds)
         future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
         pending = _Pending(
@@ -212,10 +213,13 @@ class Batcher:
                 f"the deadline passed after {waited:.0f} ms waiting for model '{self.name}'"
             ) from None
 
-    def _inline_is_cheaper(self) -> bool:
-        """Nothing queued or running, and batch-1 runs measured short enough."""
+    def _inline_is_cheaper(self, alone: bool) -> bool:
+        """Batch-1 runs measured short enough, and the request would run alone anyway: merging
+        is off, or it is the model's only request and nothing is queued or running."""
         run_s = self._single_run_s
-        return run_s is not None and run_s <= INLINE_RUN_S and not self._running and not self._queue
+        if run_s is None or run_s > INLINE_RUN_S:
+            return False
+        return not self._policy.merge or (alone and not self._running and not self._queue)
 
     def _infer_inline(self, feeds: Feeds) -> Feeds:
         self._metrics.queue_duration.observe(0.0)

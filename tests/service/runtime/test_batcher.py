@@ -448,3 +448,20 @@ def test_an_inline_failure_is_an_inference_failure(direct, images):
             executor.shutdown()
 
     asyncio.run(main())
+
+
+def test_without_merging_batch_1_requests_run_inline_even_with_company(direct, images, monkeypatch):
+    monkeypatch.setattr(batcher_module, "INLINE_RUN_S", 1.0)
+    ran_on: list[str] = []
+
+    async def main() -> None:
+        policy = BatchPolicy(16, 0.002, 64, merge=False)
+        batcher, executor = make(threads_running(direct, ran_on), policy)
+        batcher.start()
+        for i in range(3):
+            await batcher.submit(feeds(images[i : i + 1]), 1, alone=False)
+        await batcher.stop()
+        executor.shutdown()
+
+    asyncio.run(main())
+    assert ran_on[1:] == [threading.current_thread().name] * 2
