@@ -223,6 +223,74 @@ def export_text_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _judge_arguments(parser: argparse.ArgumentParser) -> None:
+    from service.export.judge import add_judge_arguments
+    from service.optimize.options import add_optimize_arguments
+
+    parser.add_argument("--name", required=True, help="model name in the repository")
+    parser.add_argument(
+        "--model-repository", type=Path, default=Path("model_repository"), help="where to write"
+    )
+    parser.add_argument("--version", type=int, default=1, help="version folder (default 1)")
+    add_judge_arguments(parser)
+    add_optimize_arguments(parser, "--attention-tolerance")
+    parser.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch check")
+    parser.add_argument("--force", action="store_true", help="replace an existing version")
+
+
+def export_llm_judge(args: argparse.Namespace) -> int:
+    """Export a causal LM as an LLM judge and write a servable entry (config.yaml included)."""
+    from service.export.classifier import (
+        CONFIG_FILE,
+        METADATA_FILE,
+        ExportError,
+        optimize_from_arguments,
+    )
+    from service.export.judge import export_judge, judge_prompt_from_arguments
+
+    root: Path = args.model_repository
+    target = root / args.name
+    if (target / str(args.version)).exists() and not args.force:
+        print(f"{target / str(args.version)} exists; --force replaces it", file=sys.stderr)
+        return 1
+    try:
+        prompt = judge_prompt_from_arguments(args)
+    except (OSError, ValueError) as error:
+        print(f"export judge: {error}", file=sys.stderr)
+        return 2
+    root.mkdir(parents=True, exist_ok=True)
+    # Exported beside the entry under a hidden name, then moved in (as for classifiers).
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{args.name}.") as work:
+        try:
+            result = export_judge(
+                args.model,
+                Path(work),
+                args.name,
+                prompt=prompt,
+                lens=args.lens,
+                version=args.version,
+                check_parity=not args.no_parity,
+                optimize=optimize_from_arguments(args),
+            )
+        except (ExportError, ValueError) as error:
+            print(f"export judge: {error}; nothing written", file=sys.stderr)
+            return 1
+        if not target.exists():
+            result.model_root.rename(target)
+        else:
+            shutil.rmtree(target / str(args.version), ignore_errors=True)
+            result.version_dir.rename(target / str(args.version))
+            for file in (CONFIG_FILE, METADATA_FILE):
+                (result.model_root / file).replace(target / file)
+    parity = result.parity_max_error
+    print(
+        f"{args.name}: version {args.version} written to {target}; {result.num_layers} layers, "
+        f"score tokens {list(result.score_token_ids)}, parity "
+        + ("not checked" if parity is None else f"{parity:.3g}")
+    )
+    return 0
+
+
 def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
     from service.optimize.options import add_optimize_arguments
 
@@ -272,6 +340,12 @@ EXPORTS: dict[
         "a text classifier: local HF encoder + labeled JSONL → a servable repository entry",
         _classifier_arguments,
         export_text_classifier,
+    ),
+    "judge": (
+        "an LLM judge: local HF causal LM (folder or .gguf) → per-layer score-token logits "
+        "into ai.surety::ExpectedScore, a servable repository entry",
+        _judge_arguments,
+        export_llm_judge,
     ),
 }
 

@@ -158,6 +158,87 @@ class UncertaintySpec(Strict):
         return (*self.taps, *((self.token_score,) if self.token_score else ()))
 
 
+class JudgePromptSpec(Strict):
+    """The judge prompt as plain strings: ``prefix + user(fields) + suffix + assistant_prefix``
+    (see :mod:`service.judge.prompt`). ``prefix`` and ``suffix`` are the model's chat template,
+    rendered once at export (``system`` is already inside ``prefix``; kept as a record)."""
+
+    system: str = ""
+    user: str = Field(description="the user message with one {field} placeholder per field")
+    prefix: str
+    suffix: str
+    assistant_prefix: str = Field(
+        default="Score: ", description="prefilled assistant text; the next token is the score"
+    )
+
+
+class JudgeSpec(Strict):
+    """An LLM judge (``task: judge``): how named text fields become the graph's token feeds,
+    and which outputs hold the LAGER scores."""
+
+    fields: list[str] = Field(min_length=1, description="the named BYTES inputs of a request")
+    prompt: JudgePromptSpec
+    truncate: list[str] = Field(
+        default_factory=list,
+        description="fields cut in the middle, in this order, when a prompt is too long",
+    )
+    max_prompt_tokens: PositiveInt = 1024
+    score_tokens: list[str] = Field(min_length=2, description="the score strings, e.g. 1..5")
+    score_token_ids: list[int] = Field(min_length=2, description="their single token ids")
+    score_values: list[float] = Field(min_length=2, description="the value of each score token")
+    lens: Literal["raw", "normed"] = Field(
+        default="raw",
+        description="raw: layers' hidden states go straight through lm_head (LAGER); normed: "
+        "the final norm is applied to each layer first",
+    )
+    num_layers: PositiveInt = Field(description="transformer layers L; L+1 hidden states")
+    tokenizer: str = Field(default="tokenizer.json", pattern=FILE_PATTERN)
+    pad_token_id: int = Field(ge=0)
+    input_ids: str = Field(default="input_ids", pattern=NAME_PATTERN)
+    attention_mask: str = Field(default="attention_mask", pattern=NAME_PATTERN)
+    layer_logits: str = Field(default="layer_logits", pattern=NAME_PATTERN)
+    expected_score: str = Field(default="expected_score", pattern=NAME_PATTERN)
+    score_probabilities: str = Field(default="score_probabilities", pattern=NAME_PATTERN)
+    layer_scores: str = Field(default="layer_scores", pattern=NAME_PATTERN)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        from service.judge.prompt import template_problems
+
+        problems = template_problems(self.fields, self.prompt.user)
+        unknown = [name for name in self.truncate if name not in self.fields]
+        if unknown:
+            problems.append(f"truncate names fields that are not fields: {unknown}")
+        if len(set(self.truncate)) != len(self.truncate):
+            problems.append(f"truncate repeats fields: {self.truncate}")
+        sizes = {len(self.score_tokens), len(self.score_token_ids), len(self.score_values)}
+        if len(sizes) != 1:
+            problems.append("score_tokens, score_token_ids and score_values differ in length")
+        if len(set(self.score_token_ids)) != len(self.score_token_ids):
+            problems.append(f"score_token_ids repeat: {self.score_token_ids}")
+        if any(i < 0 for i in self.score_token_ids):
+            problems.append("score_token_ids must be >= 0")
+        if not all(math.isfinite(v) for v in self.score_values):
+            problems.append("score_values must be finite")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def feeds(self) -> list[FeedSpec]:
+        """The graph inputs the fields become: the rendered prompts, tokenized and left padded."""
+        return [FeedSpec(n, "INT64", (-1, -1)) for n in (self.input_ids, self.attention_mask)]
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The graph outputs a judge has, in graph order."""
+        return (
+            self.layer_logits,
+            self.expected_score,
+            self.score_probabilities,
+            self.layer_scores,
+        )
+
+
 class ModelConfig(Strict):
     """A model's ``config.yaml``."""
 
@@ -170,6 +251,7 @@ class ModelConfig(Strict):
     classifier: ClassifierSpec | None = None
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     uncertainty: UncertaintySpec = Field(default_factory=UncertaintySpec)
+    judge: JudgeSpec | None = Field(default=None, description="task judge: the judge's prompt")
     optimize: dict[str, str | int | float | bool] | None = Field(
         default=None,
         description="the graph rewrite applied at export (surety optimize's options, see "
@@ -192,6 +274,10 @@ class ModelConfig(Strict):
             raise ValueError(f"uncertainty.sdm_tap '{uncertainty.sdm_tap}' is not a tap")
         if self.task == "classifier":
             self._check_classifier(outputs)
+        if self.task == "judge":
+            self._check_judge(outputs)
+        elif self.judge is not None:
+            raise ValueError(f"a 'judge' section needs task: judge, not {self.task}")
         for spec in self.inputs:
             if spec.range is not None and not all(math.isfinite(b) for b in spec.range):
                 raise ValueError(f"range of '{spec.name}' must be finite")
@@ -209,6 +295,21 @@ class ModelConfig(Strict):
             raise ValueError("a classifier needs labels")
         if classes != -1 and classes != len(self.labels):
             raise ValueError(f"{len(self.labels)} labels for {classes} classes")
+
+    def _check_judge(self, outputs: dict[str, TensorSpec]) -> None:
+        if self.judge is None:
+            raise ValueError("a judge needs a 'judge' section")
+        missing = [name for name in self.judge.outputs if name not in outputs]
+        if missing:
+            raise ValueError(f"judge outputs {missing} are not among the outputs")
+        inputs = {spec.name: spec for spec in self.inputs}
+        for name in self.judge.fields:
+            spec = inputs.get(name)
+            if spec is None or spec.datatype != "BYTES" or spec.shape != [-1]:
+                raise ValueError(f"judge field '{name}' needs an input BYTES [-1] of that name")
+        extra = sorted(set(inputs) - set(self.judge.fields))
+        if extra:
+            raise ValueError(f"inputs {extra} are not judge fields")
 
 
 def load_config(path: Path) -> ModelConfig:
