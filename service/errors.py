@@ -75,6 +75,10 @@ class NotCalibratedError(SuretyError):
     """The model version has no fitted uncertainty artifacts (run `surety calibrate`)."""
 
 
+class NotAJudgeError(SuretyError):
+    """The model is not an LLM judge (``task: judge``): /judge has nothing to answer with."""
+
+
 class ConfigError(SuretyError):
     """A model repository entry is invalid; raised while loading, never during a request."""
 
@@ -94,6 +98,7 @@ ERRORS: dict[type[Exception], ErrorSpec] = {
     RequestValidationError: ErrorSpec(400),
     ModelNotFoundError: ErrorSpec(404),
     NotCalibratedError: ErrorSpec(409),
+    NotAJudgeError: ErrorSpec(409),
     RequestTooLargeError: ErrorSpec(413, reject_reason="too_large"),
     RequestTimeoutError: ErrorSpec(408),
     QueueFullError: ErrorSpec(429, retry_after=True, reject_reason="queue_full"),

@@ -42,6 +42,12 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: Judges score on small integer scales (1–5 most often, 1–9, 1–10): quarter points up to 5,
+#: halves up to 10.
+JUDGE_SCORE_BUCKETS = (
+    *(0.25 * i for i in range(0, 21)),
+    *(5.0 + 0.5 * i for i in range(1, 11)),
+)
 #: The ensemble score is standardised on in-distribution calibration data: about N(0, 1) there,
 #: and far below 0 out of distribution (its scale is that of squared distances).
 MAHALANOBIS_BUCKETS = (
@@ -148,6 +154,13 @@ class Metrics:
             "surety_sdm_reliable",
             "Requests inside SDM's high-reliability region.",
             ["model"],
+            registry=r,
+        )
+        self.judge_score = Histogram(
+            "surety_judge_score",
+            "The expected score an LLM judge gave each judged row.",
+            ["model"],
+            buckets=JUDGE_SCORE_BUCKETS,
             registry=r,
         )
         # The uncertainty stage is batched like inference (requests of one ORT batch are

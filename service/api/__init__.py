@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from service.api import health, infer, metrics, models, score, uncertainty
+from service.api import health, infer, judge, metrics, models, score, uncertainty
 from service.api.security import Access
 
 ROUTERS: tuple[tuple[APIRouter, Access], ...] = (
@@ -12,5 +12,6 @@ ROUTERS: tuple[tuple[APIRouter, Access], ...] = (
     (infer.router, Access.KEY),
     (score.router, Access.KEY),
     (uncertainty.router, Access.KEY),
+    (judge.router, Access.KEY),
     (metrics.router, Access.METRICS),
 )

@@ -1,6 +1,6 @@
 """The inference routes without the framework's per-request machinery.
 
-``POST /v2/models/{model}[/versions/{version}]/{infer,score,uncertainty}`` are most of the
+``POST /v2/models/{model}[/versions/{version}]/{infer,score,uncertainty,judge}`` are most of the
 traffic, and their handlers need none of what FastAPI does per request: the body is read raw,
 the path has two parameters the middleware has already matched, and the only dependency is the
 key check. Profiled at batch 1 (docs/benchmarks.md, Fast path), routing through the route table,
@@ -25,7 +25,7 @@ from service.api.security import KeyRing
 from service.runtime.dataplane import DataPlane
 
 #: The inference endpoints by their route name, which is also the data plane's method.
-ENDPOINTS = ("infer", "score", "uncertainty")
+ENDPOINTS = ("infer", "score", "uncertainty", "judge")
 #: Their paths, with and without a version; tests/service/api/test_shedding.py checks that
 #: this matches the routes' paths and nothing else.
 INFERENCE_PATH = re.compile(

@@ -7,10 +7,12 @@ runs them in the executor and splits the outputs back by row ranges, in order.
 
 Sequence feeds (a text model's ``input_ids`` and ``attention_mask``, listed with their pad values
 in ``pad``) may differ in length (axis 1): the merge pads them to the batch's longest with the pad
-value (attention 0, so padding changes no row's answer). To keep short texts from being padded to
-a rare long one, a batch holds requests whose lengths stay within ``max_length_ratio`` of each
-other (longest / shortest): the oldest request anchors the batch, and the queued ones nearest to
-it in length join first. The oldest request always runs next, so none starves.
+value (attention 0, so padding changes no row's answer), at the end, or with ``pad_left`` at the
+start (a causal judge reads its answer at the last position, which must stay the last column).
+To keep short texts from being padded to a rare long one, a batch holds requests whose lengths
+stay within ``max_length_ratio`` of each other (longest / shortest): the oldest request anchors
+the batch, and the queued ones nearest to it in length join first. The oldest request always
+runs next, so none starves.
 
 ``max_queue_delay`` is the longest a request waits for company; like Triton's it bounds the added
 latency, but the wait happens only while another batch of the model is running: a lone request on
@@ -114,9 +116,11 @@ class Batcher:
         policy: BatchPolicy,
         metrics: BatchMetrics,
         pad: Mapping[str, int] | None = None,
+        pad_left: bool = False,
     ) -> None:
         self.name = name
         self._pad = dict(pad or {})
+        self._pad_left = pad_left
         self._run = run
         self._executor = executor
         self._policy = policy
@@ -309,7 +313,7 @@ class Batcher:
             for pending in batch:
                 self._metrics.queue_duration.observe(started - pending.enqueued)
             try:
-                outputs = await self._infer(_merge(batch, self._pad))
+                outputs = await self._infer(_merge(batch, self._pad, self._pad_left))
             except InferenceFailedError:
                 if len(batch) == 1:
                     raise
@@ -378,8 +382,9 @@ class Batcher:
         self._metrics.batch_size.observe(rows)
 
 
-def _merge(batch: list[_Pending], pad: Mapping[str, int]) -> Feeds:
-    """Concatenate along the batch axis; padded feeds are first padded on axis 1 to the longest."""
+def _merge(batch: list[_Pending], pad: Mapping[str, int], left: bool) -> Feeds:
+    """Concatenate along the batch axis; padded feeds are first padded on axis 1 to the longest
+    (at the start with ``left``)."""
     if len(batch) == 1:
         return batch[0].feeds
     merged: Feeds = {}
@@ -387,13 +392,14 @@ def _merge(batch: list[_Pending], pad: Mapping[str, int]) -> Feeds:
         parts = [p.feeds[name] for p in batch]
         if name in pad:
             width = max(part.shape[1] for part in parts)
-            parts = [_pad_axis1(part, width, pad[name]) for part in parts]
+            parts = [_pad_axis1(part, width, pad[name], left) for part in parts]
         merged[name] = np.concatenate(parts)
     return merged
 
 
-def _pad_axis1(array: np.ndarray, width: int, value: int) -> np.ndarray:
+def _pad_axis1(array: np.ndarray, width: int, value: int, left: bool) -> np.ndarray:
     if array.shape[1] == width:
         return array
-    widths = [(0, 0), (0, width - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
+    missing = width - array.shape[1]
+    widths = [(0, 0), (missing, 0) if left else (0, missing)] + [(0, 0)] * (array.ndim - 2)
     return np.pad(array, widths, constant_values=value)

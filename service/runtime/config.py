@@ -283,6 +283,16 @@ class ModelConfig(Strict):
                 raise ValueError(f"range of '{spec.name}' must be finite")
         return self
 
+    def feeds(self) -> list[FeedSpec]:
+        """Every graph input and what fills it: a judge's prompt tokens; otherwise each request
+        input's decoder feeds, and a classifier's scale input."""
+        if self.judge is not None:
+            return self.judge.feeds()
+        feeds = [feed for spec in self.inputs for feed in spec.feeds()]
+        if self.classifier is not None and self.classifier.scale_input is not None:
+            feeds.append(FeedSpec(self.classifier.scale_input, "FP32", (-1, 1)))
+        return feeds
+
     def _check_classifier(self, outputs: dict[str, TensorSpec]) -> None:
         if self.classifier is None:
             raise ValueError("a classifier needs a 'classifier' section")

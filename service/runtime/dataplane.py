@@ -22,6 +22,7 @@ from service.errors import (
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NotAJudgeError,
     NotCalibratedError,
     QueueFullError,
     ServerNotReadyError,
@@ -29,7 +30,6 @@ from service.errors import (
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher, BatchPolicy
 from service.runtime.config import ModelConfig
-from service.runtime.decoders import pad_values
 from service.runtime.repository import ModelEntry, ModelVersion
 from service.runtime.session import Feeds
 from service.runtime.types import InferRequest, InferResponse, Parameters, Tensor
@@ -37,8 +37,8 @@ from service.settings import Settings
 from service.uncertainty.served import UNCERTAINTY_OUTPUTS, ServedUncertainty
 
 SERVER_NAME = "surety"
-#: Advertised in the server metadata; judge joins when it exists.
-EXTENSIONS = ("binary_tensor_data", "score", "uncertainty")
+#: Advertised in the server metadata.
+EXTENSIONS = ("binary_tensor_data", "score", "uncertainty", "judge")
 #: Largest request whose uncertainty is evaluated inline when it is its model's only one.
 INLINE_UNCERTAINTY_ROWS = 4
 #: Requests carrying more input than this (bytes, or characters of text) are decoded and
@@ -47,6 +47,9 @@ INLINE_DECODE_BYTES = 16 * 1024
 #: A model's burst allowance (``BurstAllowance``) refills from empty in this many seconds.
 BURST_REFILL_S = 1.0
 SCORE_OUTPUTS = ("probabilities", "predicted_index", "predicted_label")
+#: A judge's answers; the per-layer scores only when asked for (they are for inspection).
+JUDGE_OUTPUTS = ("expected_score", "score_probabilities", "layer_scores")
+JUDGE_DEFAULT_OUTPUTS = ("expected_score", "score_probabilities")
 
 
 class DataPlane:
@@ -85,7 +88,8 @@ class DataPlane:
                     slots=settings.workers(),
                     policy=_policy(version.config, settings.batching),
                     metrics=metrics.for_batcher(entry.name),
-                    pad=pad_values(version.decoders),
+                    pad=version.pad_values,
+                    pad_left=version.judge is not None,
                 )
                 if version.uncertainty is not None:
                     # Requests answered by one ORT batch reach here together; evaluating them
@@ -303,6 +307,28 @@ class DataPlane:
         """The score outputs plus Mahalanobis OOD and SDM reliability, per request row."""
         return await self._classify(model, version, request, deadline, with_uncertainty=True)
 
+    async def judge(
+        self, model: str, version: int | None, request: InferRequest, deadline: float
+    ) -> InferResponse:
+        """An LLM judge's expected score (LAGER over the layers' score-token logits), the
+        aggregated score distribution and, when asked for, every layer's expected score."""
+        target = self.version(model, version)
+        spec = target.config.judge
+        if spec is None:
+            raise NotAJudgeError(
+                f"model '{model}' is a {target.config.task}, not a judge; use /infer or /score"
+            )
+        selected = _select(model, JUDGE_OUTPUTS, request, JUDGE_DEFAULT_OUTPUTS)
+        outputs, notes = await self._run(target, request, 1.0, deadline)
+        graph = dict(zip(JUDGE_OUTPUTS, (spec.expected_score, spec.score_probabilities,
+                                         spec.layer_scores), strict=True))  # fmt: skip
+        scores = outputs[spec.expected_score]
+        histogram = self._metrics.judge_score.labels(model=model)
+        for score in scores.tolist():
+            histogram.observe(score)
+        tensors = [Tensor(name, "FP32", outputs[graph[name]]) for name in selected]
+        return InferResponse(model, str(target.version), tensors, request.id, notes)
+
     async def _classify(
         self,
         model: str,
@@ -452,10 +478,15 @@ def _tensor_metadata(name: str, datatype: str, shape: list[int]) -> dict[str, An
     return {"name": name, "datatype": datatype, "shape": shape}
 
 
-def _select(model: str, available: Sequence[str], request: InferRequest) -> list[str]:
-    """The requested output names in request order, or every available output."""
+def _select(
+    model: str,
+    available: Sequence[str],
+    request: InferRequest,
+    default: Sequence[str] | None = None,
+) -> list[str]:
+    """The requested output names in request order, or the default (every available output)."""
     if request.outputs is None:
-        return list(available)
+        return list(available if default is None else default)
     names = [output.name for output in request.outputs]
     for name in names:
         if name not in available:
@@ -502,7 +533,12 @@ def _prepare(
     for name in specs:
         if name not in given:
             raise InvalidInputError(f"model '{target.model}' needs input '{name}'")
-        decoded = target.decoders[name](given[name])
+    decoded_inputs = (
+        [target.judge(given)]
+        if target.judge is not None
+        else [target.decoders[name](given[name]) for name in specs]
+    )
+    for decoded in decoded_inputs:
         feeds.update(decoded.feeds)
         notes.update(decoded.parameters)
     rows = {array.shape[0] for array in feeds.values()}

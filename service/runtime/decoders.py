@@ -89,6 +89,31 @@ class TensorDecoder:
         return Decoded(decode_tensor(self.spec, tensor))
 
 
+def request_texts(name: str, tensor: Tensor) -> list[str]:
+    """The strings of BYTES input ``name``, one per row; InvalidInputError names the first bad
+    row."""
+    if tensor.datatype != "BYTES":
+        raise InvalidInputError(f"input '{name}' must be BYTES (text), got {tensor.datatype}")
+    if tensor.data.ndim != 1:
+        raise InvalidInputError(
+            f"input '{name}' must have shape [batch], got {list(tensor.data.shape)}"
+        )
+    if len(tensor.data) == 0:
+        raise InvalidInputError("the batch is empty (first dimension 0)")
+    texts = []
+    for row, value in enumerate(tensor.data):
+        try:
+            text = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(
+                f"input '{name}' row {row} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from exc
+        if not text.strip():
+            raise InvalidInputError(f"input '{name}' row {row} is empty")
+        texts.append(text)
+    return texts
+
+
 class TextDecoder:
     """BYTES [B] of UTF-8 text → ``input_ids`` and ``attention_mask`` int64 [B, S].
 
@@ -128,31 +153,6 @@ class TextDecoder:
         self.mask_name = settings.attention_mask
         self.pad_values: Mapping[str, int] = {self.ids_name: self.pad_id, self.mask_name: 0}
 
-    def texts(self, tensor: Tensor) -> list[str]:
-        """The request's strings; InvalidInputError names the first bad row."""
-        name = self.spec.name
-        if tensor.datatype != "BYTES":
-            raise InvalidInputError(f"input '{name}' must be BYTES (text), got {tensor.datatype}")
-        if tensor.data.ndim != 1:
-            raise InvalidInputError(
-                f"input '{name}' must have shape [batch], got {list(tensor.data.shape)}"
-            )
-        if len(tensor.data) == 0:
-            raise InvalidInputError("the batch is empty (first dimension 0)")
-        texts = []
-        for row, value in enumerate(tensor.data):
-            try:
-                text = bytes(value).decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidInputError(
-                    f"input '{name}' row {row} is not valid UTF-8 ({exc.reason} at byte "
-                    f"{exc.start})"
-                ) from exc
-            if not text.strip():
-                raise InvalidInputError(f"input '{name}' row {row} is empty")
-            texts.append(text)
-        return texts
-
     def encode(self, texts: list[str]) -> list[Encoding]:
         """The encodings the tokenizer gives the whole texts, computed from prefixes.
 
@@ -188,7 +188,7 @@ class TextDecoder:
         return text if point is None else text[: point.start()]
 
     def __call__(self, tensor: Tensor) -> Decoded:
-        encodings = self.encode(self.texts(tensor))
+        encodings = self.encode(request_texts(self.spec.name, tensor))
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
@@ -283,7 +283,10 @@ DECODERS: dict[str, DecoderFactory] = {"tensor": TensorDecoder, "text": TextDeco
 
 
 def build_decoders(config: ModelConfig, folder: Path | None) -> dict[str, InputDecoder]:
-    """One decoder per request input of the version in ``folder``; ConfigError if one fails."""
+    """One decoder per request input of the version in ``folder``; ConfigError if one fails.
+    A judge has none: its fields are read together into one prompt (service.judge.inputs)."""
+    if config.judge is not None:
+        return {}
     return {spec.name: DECODERS[spec.decoder](spec, folder) for spec in config.inputs}
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.errors import ConfigError
+from service.judge.inputs import JudgeInputs
 from service.runtime.config import CONFIG_FILE, ModelConfig, load_config
-from service.runtime.decoders import InputDecoder, build_decoders
+from service.runtime.decoders import InputDecoder, build_decoders, pad_values
 from service.runtime.session import OnnxSession
 from service.uncertainty.base import ArtifactError
 from service.uncertainty.served import ServedUncertainty
@@ -35,13 +36,26 @@ class ModelVersion:
     session: OnnxSession
     #: The input decoders (a text model's tokenizer), built with the version: see __post_init__.
     decoders: dict[str, InputDecoder] = field(init=False, repr=False)
+    #: A judge's prompt encoder, which reads the fields together (instead of decoders).
+    judge: JudgeInputs | None = field(init=False, repr=False)
     #: The fitted OOD detector and SDM, or None when the version was never calibrated.
     uncertainty: ServedUncertainty | None = None
 
     def __post_init__(self) -> None:
         # Built from the version folder when the version loads, never per request; a missing
         # or broken tokenizer raises ConfigError and fails the version like a bad model.onnx.
-        self.decoders = build_decoders(self.config, self.session.path.parent)
+        folder = self.session.path.parent
+        self.decoders = build_decoders(self.config, folder)
+        spec = self.config.judge
+        self.judge = None if spec is None else JudgeInputs(spec, folder)
+
+    @property
+    def pad_values(self) -> dict[str, int]:
+        """The sequence feeds the batcher pads when it merges requests, and their pad values;
+        a judge's are padded on the left (its score is read at the last position)."""
+        if self.judge is not None:
+            return dict(self.judge.pad_values)
+        return pad_values(self.decoders)
 
 
 @dataclass

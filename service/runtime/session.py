@@ -68,9 +68,7 @@ class OnnxSession:
                     f"{spec.datatype} in config.yaml"
                 )
         # The graph inputs are the decoders' feeds (a text input becomes input_ids, ...).
-        fed = {feed.name: feed.datatype for spec in config.inputs for feed in spec.feeds()}
-        if config.classifier is not None and config.classifier.scale_input is not None:
-            fed[config.classifier.scale_input] = "FP32"
+        fed = {feed.name: feed.datatype for feed in config.feeds()}
         for name, node in self.inputs.items():
             if name not in fed:
                 raise ConfigError(f"{self.path}: graph input '{name}' is not fed by config.yaml")
@@ -105,14 +103,17 @@ class OnnxSession:
 def sample_feeds(config: ModelConfig, rows: int) -> Feeds:
     """Valid feeds of ``rows`` rows: each input's lower bound (or zero), scale 1.
 
-    Text feeds get one token of id 1 with attention 1 (an all-padding row is not a real input).
+    Token feeds (text inputs, a judge's prompt) get one token of id 1 with attention 1 (an
+    all-padding row is not a real input).
     """
+    fills = {
+        feed.name: spec.range[0] if spec.range is not None else 1 if spec.decoder == "text" else 0
+        for spec in config.inputs
+        for feed in spec.feeds()
+    }
     feeds: Feeds = {}
-    for spec in config.inputs:
-        fill = spec.range[0] if spec.range is not None else 1 if spec.decoder == "text" else 0
-        for feed in spec.feeds():
-            shape = [rows] + [1 if dim == -1 else dim for dim in feed.shape[1:]]
-            feeds[feed.name] = np.full(shape, fill, dtype=NUMPY_DTYPES[feed.datatype])
-    if config.classifier is not None and config.classifier.scale_input is not None:
-        feeds[config.classifier.scale_input] = np.ones((rows, 1), dtype=np.float32)
+    for feed in config.feeds():
+        shape = [rows] + [1 if dim == -1 else dim for dim in feed.shape[1:]]
+        fill = fills.get(feed.name, 1)  # the scale input, a judge's tokens
+        feeds[feed.name] = np.full(shape, fill, dtype=NUMPY_DTYPES[feed.datatype])
     return feeds

@@ -17,7 +17,7 @@ from service.errors import ERRORS
 INFERENCE_ROUTES = [
     f"/v2/models/{{model}}{version}/{route}"
     for version in ("", "/versions/{version}")
-    for route in ("infer", "score", "uncertainty")
+    for route in ("infer", "score", "uncertainty", "judge")
 ]
 #: Each route's 200 model and the properties it must declare.
 OK_SCHEMAS = {
@@ -144,7 +144,7 @@ def test_errors_are_documented_from_the_table(document):
     for path in INFERENCE_ROUTES:
         statuses = set(document["paths"][path]["post"]["responses"])
         assert {"400", "404", "408", "413", "429", "503", "504", "500"} <= statuses
-        assert ("409" in statuses) == path.endswith("uncertainty")
+        assert ("409" in statuses) == path.endswith(("uncertainty", "judge"))
     assert set(document["paths"]["/v2/health/live"]["get"]["responses"]) == {"200", "500"}
     assert "503" in document["paths"]["/v2/health/ready"]["get"]["responses"]
 

@@ -15,13 +15,13 @@ from service.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import image_request, running_server
 
-INFERENCE_ROUTES = {"infer", "score", "uncertainty"}
+INFERENCE_ROUTES = {"infer", "score", "uncertainty", "judge"}
 
 
 def test_the_inference_path_matches_the_inference_routes_and_nothing_else():
     routes = [route for router, _ in ROUTERS for route in router.routes]
     inference = [r for r in routes if isinstance(r, APIRoute) and r.name in INFERENCE_ROUTES]
-    assert len(inference) == 6  # with and without /versions/{version}
+    assert len(inference) == 8  # with and without /versions/{version}
     for route in routes:
         path = getattr(route, "path", "").replace("{model}", "digits").replace("{version}", "7")
         methods: set[str] = getattr(route, "methods", set())
