@@ -327,6 +327,51 @@ def optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_judge_arguments(parser: argparse.ArgumentParser) -> None:
+    from service.judge.fit import METHODS
+
+    parser.add_argument("name", help="the judge's name in the repository")
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument(
+        "--pairs", type=int, default=600, help="STS-B train pairs to fit and select on"
+    )
+    parser.add_argument(
+        "--validation-fraction", type=float, default=0.25, help="of --pairs, for selection"
+    )
+    parser.add_argument(
+        "--method",
+        choices=sorted(METHODS),
+        action="append",
+        help="fit only these (repeat the option); default: all, the best on validation is kept",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="which STS-B pairs are drawn")
+
+
+def fit_judge(args: argparse.Namespace) -> int:
+    """Fit a judge's layer weights on STS-B and write the best into its graph."""
+    from service.judge.fit import METHODS, fit_judge, judge_scale, stsb_sample
+
+    if not 0 < args.validation_fraction < 1 or args.pairs < 8:
+        print("fit-judge: need --pairs >= 8 and 0 < --validation-fraction < 1", file=sys.stderr)
+        return 2
+    methods = tuple(m for m in METHODS if m in (args.method or METHODS))
+    entry = args.model_repository / args.name
+    try:
+        sample = stsb_sample("train", args.pairs, judge_scale(entry), args.seed)
+        fit_judge(
+            entry,
+            sample,
+            validation_fraction=args.validation_fraction,
+            methods=methods,
+            version=args.version,
+        )
+    except (OSError, ValueError) as error:
+        print(f"fit-judge: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 #: ``surety export KIND``: kind → (help, arguments, run).
 EXPORTS: dict[
     str,
@@ -364,6 +409,12 @@ COMMANDS = (
         "rewrite an ONNX model with the ai.surety ops (checked against the original)",
         _optimize_arguments,
         optimize,
+    ),
+    Command(
+        "fit-judge",
+        "fit an LLM judge's layer weights on STS-B human judgments (LAGER and signed)",
+        _fit_judge_arguments,
+        fit_judge,
     ),
     Command(
         "calibrate",

@@ -72,7 +72,8 @@ class FitResult:
     have one more row, which applies to a constant layer of ones appended (after centring) to
     the logits (:func:`~service.judge.lager.append_constant_layer`).
     Per-epoch histories are means over the split; ``best_epoch`` (0-based) is the epoch whose
-    weights were kept. ``l2_sweep`` holds (λ, best validation MSE) for every λ tried.
+    weights were kept. ``l2_sweep`` holds (λ, its validation figure) for every λ tried: the best
+    validation MSE for the LAGER-loss fitters, the validation Spearman for :func:`fit_probe`.
     """
 
     weights: F64
@@ -299,3 +300,95 @@ def fit_signed(
             best = replace(fit, l2=float(lam), centered=center, constant_layer=bias)
     assert best is not None  # l2_grid is not empty
     return replace(best, l2_sweep=tuple(sweep))
+
+
+#: Ridge strengths :func:`fit_probe` tries (on standardised logits, so one grid fits all models).
+PROBE_L2_GRID: tuple[float, ...] = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def fit_probe(
+    z_train: npt.ArrayLike,
+    y_train: npt.ArrayLike,
+    z_val: npt.ArrayLike,
+    y_val: npt.ArrayLike,
+    values: npt.ArrayLike = DEFAULT_SCORE_VALUES,
+    *,
+    l2_grid: Sequence[float] = PROBE_L2_GRID,
+    max_iter: int = 200,
+) -> FitResult:
+    """A probe of the whole logit lens read through the op: W [L+1, K] (the last row a
+    per-score bias on a constant layer) on each layer's logits centred over the K scores,
+    fitted by full-batch L-BFGS on the squared error of s* = Σ_k v_k softmax(z̄)_k alone.
+
+    Where LAGER's weights (and the signed ones above, fitted as LAGER's code fits them: Adam on
+    mini-batches of raw logits) barely move on SmolLM2's STS-B logits, a ridge regression on the
+    same centred logits ranks dev pairs at Spearman ≈ 0.6: the signal is there, spread over
+    (layer, score) pairs whose scales differ by two orders of magnitude. So the logits are
+    standardised per (layer, score) for fitting (the scale is folded back into W, and the shift
+    into the bias row, so the served graph centres only), and the fit is the deterministic
+    optimum of MSE + λ‖W‖² for each λ of ``l2_grid``; the λ whose expected scores rank the
+    validation split best (Spearman, the judge's figure of merit) is kept.
+    """
+    import torch
+
+    from service.judge.correlation import spearman
+
+    z_tr, y_tr = _check(z_train, y_train, values, "train")
+    z_va, y_va = _check(z_val, y_val, values, "validation")
+    c_tr, c_va = center_logits(z_tr), center_logits(z_va)
+    mean, scale = c_tr.mean(axis=0), c_tr.std(axis=0) + 1e-6
+    x = torch.from_numpy((c_tr - mean) / scale)
+    y = torch.from_numpy(y_tr)
+    v = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    best: tuple[float, FitResult] | None = None
+    sweep: list[tuple[float, float]] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for lam in l2_grid:
+            w, b = _probe_optimum(x, y, v, lam, max_iter)
+            served = w / scale
+            bias = b - (served * mean).sum(axis=0)
+            weights = np.concatenate([served, bias[None, :]])
+            predicted = _probe_scores(c_va, weights, np.asarray(values, dtype=np.float64))
+            rho = spearman(predicted, y_va)
+            mse = float(np.mean((predicted - y_va) ** 2))
+            sweep.append((float(lam), rho))
+            fit = FitResult(
+                weights, 0.0, 0, (), (), (mse,), float(lam), centered=True, constant_layer=True
+            )
+            if best is None or rho > best[0]:
+                best = (rho, fit)
+    finally:
+        torch.set_num_threads(threads)
+    assert best is not None, "l2_grid is empty"
+    return replace(best[1], l2_sweep=tuple(sweep))
+
+
+def _probe_optimum(
+    x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, lam: float, max_iter: int
+) -> tuple[F64, F64]:
+    """W [L, K] and bias [K] minimising mean (Σ_k v_k softmax(Σ_l W∘x + b)_k − y)² + λ‖W‖²."""
+    import torch
+
+    w = torch.zeros(x.shape[1:], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(x.shape[2], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        score = torch.softmax((x * w).sum(dim=1) + b, dim=-1) @ v
+        loss = torch.mean((score - y) ** 2) + lam * (w**2).sum()
+        torch.autograd.backward(loss)
+        return loss
+
+    optimizer.step(closure)  # type: ignore[no-untyped-call]
+    return w.detach().numpy(), b.detach().numpy()
+
+
+def _probe_scores(centred: F64, weights: F64, values: F64) -> F64:
+    """Expected scores of centred logits with a constant layer appended (what the graph does)."""
+    from service.judge.lager import expected_score
+
+    scores, _ = expected_score(append_constant_layer(centred), weights, values)
+    return scores

@@ -196,31 +196,113 @@ def append_lager_head(
     onnx.checker.check_model(model)
 
 
-def set_layer_weights(model_path: Path, weights: npt.ArrayLike) -> None:
+#: Nodes and initialisers between ``layer_logits`` and the head carry this prefix: the centring
+#: over the K scores and the constant layer that set_layer_weights puts in (and takes out).
+HEAD_INPUT = "lager_input/"
+
+
+def set_layer_weights(
+    model_path: Path,
+    weights: npt.ArrayLike,
+    *,
+    center: bool = False,
+    constant_layer: bool = False,
+) -> None:
     """Replace the ``layer_weights`` initialiser of the judge graph at ``model_path`` with
-    ``weights``: [L+1] (one per layer) or [L+1, K] (one per layer and score token; needs an
-    ExpectedScore that takes them). The weights are applied as given (not normalised); the file
-    is replaced atomically, so a server never reads half of it."""
+    ``weights``, applied as given (not normalised): [L+1] (one per layer) or [L+1, K] (one per
+    layer and score token), or with ``constant_layer`` [L+2, K], whose last row is a per-score
+    bias. The file is replaced atomically, so a server never reads half of it.
+
+    ``center``: ExpectedScore reads each layer's logits minus their mean over the K scores
+    (what the [L, K] fitters of service.judge.fitting fit on; the softmax makes it a no-op for
+    [L+1] weights). ``constant_layer``: a layer of ones is appended (after centring), so that
+    the last row of weights is a bias (the op has no bias input). The graph's ``layer_logits``
+    output stays as the model gives it, and so do the per-layer scores.
+    """
     import onnx
     from onnx import numpy_helper
 
     path = Path(model_path)
     model = onnx.load(str(path))
-    tensors = {t.name: t for t in model.graph.initializer}
+    graph = model.graph
+    tensors = {t.name: t for t in graph.initializer}
     if LAYER_WEIGHTS not in tensors or SCORE_VALUES not in tensors:
         raise ValueError(f"{path} has no {LAYER_WEIGHTS} and {SCORE_VALUES} initialisers")
-    hidden_states = int(tensors[LAYER_WEIGHTS].dims[0])
+    head = next(n for n in graph.node if n.op_type == EXPECTED_SCORE_OP)
+    ours = [n for n in graph.node if n.name.startswith(HEAD_INPUT)]
+    source = ours[0].input[0] if ours else head.input[0]
+    output = next(o for o in graph.output if o.name == source)
+    hidden_states = output.type.tensor_type.shape.dim[1].dim_value + int(constant_layer)
     k = int(tensors[SCORE_VALUES].dims[0])
     array = np.asarray(weights, dtype=np.float32)
-    if array.shape not in ((hidden_states,), (hidden_states, k)):
+    allowed = [(hidden_states, k)] if constant_layer else [(hidden_states,), (hidden_states, k)]
+    if array.shape not in allowed:
         raise ValueError(
-            f"layer weights of shape {list(array.shape)}: expected [{hidden_states}] or "
-            f"[{hidden_states}, {k}] (L+1 hidden states, K score tokens)"
+            f"layer weights of shape {list(array.shape)}: expected "
+            f"{' or '.join(str(list(shape)) for shape in allowed)} (L+1 hidden states"
+            f"{', a constant layer' if constant_layer else ''}, K score tokens)"
         )
     if not np.all(np.isfinite(array)):
         raise ValueError("layer weights must be finite")
     tensors[LAYER_WEIGHTS].CopyFrom(numpy_helper.from_array(array, LAYER_WEIGHTS))
+    for node in ours:
+        graph.node.remove(node)
+    for tensor in [t for t in graph.initializer if t.name.startswith(HEAD_INPUT)]:
+        graph.initializer.remove(tensor)
+    head.input[0] = _head_input(model, source, list(graph.node).index(head), center, constant_layer)
     onnx.checker.check_model(model)
     partial = path.with_name(path.name + ".partial")
     onnx.save(model, str(partial))
     partial.replace(path)
+
+
+def _head_input(
+    model: onnx.ModelProto, source: str, index: int, center: bool, constant_layer: bool
+) -> str:
+    """Insert at ``index`` the nodes that turn ``source`` [B, L+1, K] into the head's input;
+    returns its name."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    nodes: list[onnx.NodeProto] = []
+    constants: dict[str, npt.NDArray[Any]] = {}
+    current = source
+    if center:
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        mean, centred = f"{HEAD_INPUT}mean", f"{HEAD_INPUT}centred"
+        if opset < 18:  # axes became an input in opset 18
+            nodes.append(
+                helper.make_node("ReduceMean", [current], [mean], axes=[-1], keepdims=1, name=mean)
+            )
+        else:
+            constants[f"{HEAD_INPUT}last_axis"] = np.array([-1], np.int64)
+            nodes.append(
+                helper.make_node(
+                    "ReduceMean", [current, f"{HEAD_INPUT}last_axis"], [mean], keepdims=1, name=mean
+                )
+            )
+        nodes.append(helper.make_node("Sub", [current, mean], [centred], name=centred))
+        current = centred
+    if constant_layer:
+        # Ones shaped like one layer, [B, 1, K]: the first layer's shape, expanded from 1.0.
+        first, shape = f"{HEAD_INPUT}first_layer", f"{HEAD_INPUT}layer_shape"
+        ones, appended = f"{HEAD_INPUT}ones", f"{HEAD_INPUT}with_constant_layer"
+        constants.update(
+            {
+                f"{HEAD_INPUT}zero": np.array([0], np.int64),
+                f"{HEAD_INPUT}one": np.array([1], np.int64),
+                f"{HEAD_INPUT}one_f": np.array([1.0], np.float32),
+            }
+        )
+        zero, one = f"{HEAD_INPUT}zero", f"{HEAD_INPUT}one"
+        nodes += [
+            helper.make_node("Slice", [current, zero, one, one], [first], name=first),
+            helper.make_node("Shape", [first], [shape], name=shape),
+            helper.make_node("Expand", [f"{HEAD_INPUT}one_f", shape], [ones], name=ones),
+            helper.make_node("Concat", [current, ones], [appended], axis=1, name=appended),
+        ]
+        current = appended
+    graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in constants.items())
+    for offset, node in enumerate(nodes):
+        graph.node.insert(index + offset, node)
+    return current

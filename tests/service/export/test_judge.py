@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 import kernels
 from kernels.reference import expected_score
@@ -244,39 +243,6 @@ def test_long_prompts_are_cut_in_the_middle_and_still_run(exported, torch_model)
     np.testing.assert_allclose(got[0], want, atol=1e-4)
 
 
-def _supports_per_token_weights() -> bool:
-    """Whether this build's ExpectedScore takes [L, K] weights (a kernel extension)."""
-    node = helper.make_node("ExpectedScore", ["z", "w", "v"], ["s", "p"], domain=kernels.DOMAIN)
-    graph = helper.make_graph(
-        [node],
-        "probe",
-        [
-            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 3]),
-            helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3]),
-            helper.make_tensor_value_info("v", TensorProto.FLOAT, [3]),
-        ],
-        [
-            helper.make_tensor_value_info("s", TensorProto.FLOAT, [1]),
-            helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 3]),
-        ],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(kernels.DOMAIN, 1)],
-    )
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), session_options(1))
-        feeds = {
-            "z": np.zeros((1, 2, 3), np.float32),
-            "w": np.ones((2, 3), np.float32),
-            "v": np.arange(3, dtype=np.float32),
-        }
-        session.run(None, feeds)
-    except Exception:  # ORT raises its own exception types for a refused shape
-        return False
-    return True
-
-
 def test_set_layer_weights_per_layer(exported, tmp_path):
     weights = np.array([0.0, 0.25, 0.75], dtype=np.float32)
     batch = _encode(exported)
@@ -297,9 +263,6 @@ def test_set_layer_weights_per_layer(exported, tmp_path):
         set_layer_weights(exported.model_path, np.full(LAYERS + 1, 1 / (LAYERS + 1)))
 
 
-@pytest.mark.skipif(
-    not _supports_per_token_weights(), reason="this ExpectedScore build takes [L] weights only"
-)
 def test_set_layer_weights_per_layer_and_token(exported):
     rng = np.random.default_rng(0)
     weights = rng.normal(size=(LAYERS + 1, 5)).astype(np.float32)
@@ -366,3 +329,52 @@ def test_config_refuses_inconsistent_judge_sections(exported):
         change(config)
         with pytest.raises(ValidationError, match=message):
             ModelConfig.model_validate(config)
+
+
+def test_centred_weights_read_each_layers_logits_less_their_mean(exported):
+    """center=True puts a centring of every layer's K logits before the head; setting weights
+    again without it takes it out; the graph's own layer_logits and layer_scores never move."""
+    rng = np.random.default_rng(1)
+    weights = rng.normal(size=(LAYERS + 1, 5)).astype(np.float32)
+    batch = _encode(exported)
+    before = _run(exported, batch)
+    try:
+        for _ in range(2):  # idempotent
+            set_layer_weights(exported.model_path, weights, center=True)
+        out = _run(exported, batch)
+        z = out["layer_logits"].astype(np.float64)
+        centred = z - z.mean(axis=2, keepdims=True)
+        score, probabilities = expected_score(centred, weights, np.arange(1, 6))
+        np.testing.assert_allclose(out["expected_score"], score, atol=1e-4)
+        np.testing.assert_allclose(out["score_probabilities"], probabilities, atol=1e-5)
+        np.testing.assert_array_equal(out["layer_logits"], before["layer_logits"])
+        np.testing.assert_array_equal(out["layer_scores"], before["layer_scores"])
+        set_layer_weights(exported.model_path, weights)
+        plain = _run(exported, batch)
+        score, _ = expected_score(z, weights, np.arange(1, 6))
+        np.testing.assert_allclose(plain["expected_score"], score, atol=1e-4)
+        assert not np.allclose(plain["expected_score"], out["expected_score"])
+        names = {node.name for node in onnx.load(str(exported.model_path)).graph.node}
+        assert not any(name.startswith("lager_input/") for name in names)
+    finally:
+        set_layer_weights(exported.model_path, np.full(LAYERS + 1, 1 / (LAYERS + 1)))
+
+
+def test_a_constant_layer_makes_the_last_weight_row_a_bias(exported):
+    rng = np.random.default_rng(2)
+    weights = rng.normal(size=(LAYERS + 2, 5)).astype(np.float32)
+    batch = _encode(exported)
+    try:
+        with pytest.raises(ValueError, match=r"expected \[4, 5\]"):
+            set_layer_weights(exported.model_path, weights[:-1], constant_layer=True)
+        set_layer_weights(exported.model_path, weights, center=True, constant_layer=True)
+        out = _run(exported, batch)
+        z = out["layer_logits"].astype(np.float64)
+        centred = z - z.mean(axis=2, keepdims=True)
+        with_ones = np.concatenate([centred, np.ones((len(z), 1, 5))], axis=1)
+        score, probabilities = expected_score(with_ones, weights, np.arange(1, 6))
+        np.testing.assert_allclose(out["expected_score"], score, atol=1e-4)
+        np.testing.assert_allclose(out["score_probabilities"], probabilities, atol=1e-5)
+        assert out["layer_scores"].shape == (len(z), LAYERS + 1)
+    finally:
+        set_layer_weights(exported.model_path, np.full(LAYERS + 1, 1 / (LAYERS + 1)))

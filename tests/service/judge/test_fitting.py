@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from service.judge.correlation import spearman
-from service.judge.fitting import FitResult, fit_lager, fit_signed
+from service.judge.fitting import PROBE_L2_GRID, FitResult, fit_lager, fit_probe, fit_signed
 from service.judge.lager import (
     DEFAULT_SCORE_VALUES,
     append_constant_layer,
@@ -152,3 +152,26 @@ def test_bad_arguments_are_rejected(reversed_data: Data) -> None:
         fit_lager(z, y, z_val[:, :, :4], y_val, values=V)
     with pytest.raises(ValueError, match="epochs"):
         fit_lager(z, y, z_val, y_val, values=V, epochs=0)
+
+
+def test_the_probe_reads_a_signal_spread_over_layers_of_very_different_scales() -> None:
+    """The label is a sum over (layer, score) pairs whose logits live on scales from 0.1 to 100,
+    on top of a large per-layer common level, as on a raw logit lens: the probe (standardised,
+    L-BFGS) ranks validation items almost perfectly; LAGER's softmax weights cannot."""
+    rng = np.random.default_rng(3)
+    n = 400
+    scales = np.logspace(-1, 2, L)[:, None] * np.ones((L, K))
+    z = rng.normal(0.0, 1.0, (n, L, K)) * scales
+    z += rng.normal(0.0, 200.0, (n, L, 1))  # each layer's common level, item to item
+    direction = rng.normal(0.0, 1.0, (L, K)) / scales
+    signal = (center_logits(z) * direction).sum(axis=(1, 2))
+    y = 3 + 1.5 * np.tanh(signal / signal.std())
+    train, val = slice(0, 300), slice(300, None)
+    fit = fit_probe(z[train], y[train], z[val], y[val], V)
+    assert fit.centered and fit.constant_layer and fit.weights.shape == (L + 1, K)
+    assert {lam for lam, _ in fit.l2_sweep} == set(PROBE_L2_GRID)
+    served = _served(fit, z[val])
+    assert spearman(served, y[val]) > 0.9
+    assert ((served >= 1) & (served <= 5)).all()
+    lager = fit_lager(z[train], y[train], z[val], y[val], V)
+    assert spearman(_served(lager, z[val]), y[val]) < 0.5
