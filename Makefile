@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml $(KERNEL_SOURCES)
 
 setup build: $(VENV)/.installed
 
-# The default models (digits, fortune-topics): build-defaults builds the entries that are missing,
+# The default models (digits, fortune-topics, stsb-judge): build-defaults builds the entries that are missing,
 # so a new default model joins an existing repository, and skips built ones in about a second
 # (delete an entry, or run it with --force, to rebuild).
 run: build

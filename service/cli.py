@@ -23,6 +23,7 @@ log = logging.getLogger("surety")
 DEFAULT_MODELS = {
     "digits": "service.models.digits",
     "fortune-topics": "service.export.fortune_topics",
+    "stsb-judge": "service.export.stsb_judge",
 }
 #: What build-defaults writes; bump it when a default model's build changes in a way an entry
 #: built before cannot be served with (2: OOD detector registry, fine-tuned fortune-topics).

@@ -33,7 +33,8 @@ def test_serve_arguments_parse():
 
 
 def test_build_defaults_keeps_existing_entries(repository, tmp_path, capsys):
-    # Every default entry exists (fortune-topics as a stand-in folder: never built in tests).
+    # Every default entry exists (fortune-topics and stsb-judge as stand-in folders: never built
+    # in tests).
     root = tmp_path / "repo"
     shutil.copytree(repository / "digits", root / "digits")
     for name in DEFAULT_MODELS:
@@ -56,8 +57,9 @@ def test_build_defaults_rebuilds_entries_of_an_older_format(repository, tmp_path
     root = tmp_path / "repo"
     shutil.copytree(repository / "digits", root / "digits")
     stamp(root / "digits", DEFAULTS_FORMAT - 1)
-    (root / "fortune-topics").mkdir()
-    stamp(root / "fortune-topics", DEFAULTS_FORMAT)
+    for stand_in in ("fortune-topics", "stsb-judge"):  # never built in tests
+        (root / stand_in).mkdir()
+        stamp(root / stand_in, DEFAULTS_FORMAT)
     assert main(["build-defaults", "--model-repository", str(root), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"digits: {root / 'digits'} was built by an older Surety (format 1)" in out
@@ -66,8 +68,8 @@ def test_build_defaults_rebuilds_entries_of_an_older_format(repository, tmp_path
     assert (root / "digits" / "1" / "uncertainty" / "ood.json").is_file()
 
 
-def test_defaults_include_the_text_model():
-    assert list(DEFAULT_MODELS) == ["digits", "fortune-topics"]
+def test_defaults_include_the_text_model_and_the_judge():
+    assert list(DEFAULT_MODELS) == ["digits", "fortune-topics", "stsb-judge"]
 
 
 def test_export_classifier_arguments_parse():
