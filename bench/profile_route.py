@@ -44,12 +44,23 @@ def frame_name(frame: str) -> str:
     return f"{function} ({'/'.join(parts[-2:])})"
 
 
+def _records(raw: Path) -> list[str]:
+    """One "stack count" record per sample; a frame name may span lines (a regex's source)."""
+    records, pending = [], ""
+    for line in raw.read_text().splitlines():
+        pending += line
+        if line.rpartition(" ")[2].isdigit():
+            records.append(pending)
+            pending = ""
+    return records
+
+
 def shares(raw: Path) -> tuple[int, collections.Counter[str], collections.Counter[str]]:
     """Total samples, and inclusive / self sample counts per (thread, function)."""
     total = 0
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
-    for line in raw.read_text().splitlines():
+    for line in _records(raw):
         stack, _, count_text = line.rpartition(" ")
         frames = stack.split(";")
         count = int(count_text)
