@@ -82,6 +82,12 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="rebuild entries that exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--only",
+        choices=list(DEFAULT_MODELS),
+        action="append",
+        help="build only this default model (repeat the option); default: all of them",
+    )
 
 
 def build_defaults(args: argparse.Namespace) -> int:
@@ -90,7 +96,7 @@ def build_defaults(args: argparse.Namespace) -> int:
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        _build_entries(root, args.force, args.quiet)
+        _build_entries(root, args.only or list(DEFAULT_MODELS), args.force, args.quiet)
     except BaseException:
         # A repository that did not exist before must not be left half-built (make would
         # take the folder for a finished one).
@@ -110,8 +116,10 @@ def built_format(entry: Path) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _build_entries(root: Path, force: bool, quiet: bool) -> None:
+def _build_entries(root: Path, names: list[str], force: bool, quiet: bool) -> None:
     for name, module_name in DEFAULT_MODELS.items():
+        if name not in names:
+            continue
         entry = root / name
         if entry.exists() and not force:
             built = built_format(entry)

@@ -40,9 +40,12 @@ log "3/5 wheelhouse"
 
 log "4/5 default models in model_repository/"
 # build-defaults builds the entries that are missing (or of an older format) and skips the
-# others in about a second; building needs the dev venv's torch (make build).
+# others in about a second; building needs the dev venv's torch (make build). The image carries
+# the two classifiers; the LLM judge (540 MB of weights) is left out (.dockerignore) and mounted
+# where it is wanted (docs/deployment.md).
 [[ -x .venv/bin/surety ]] || die ".venv/bin/surety is missing: run 'make build' first"
-.venv/bin/surety build-defaults --model-repository model_repository --quiet
+.venv/bin/surety build-defaults --model-repository model_repository --quiet \
+  --only digits --only fortune-topics
 
 log "5/5 docker build -t $image"
 version=$(.venv/bin/python -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')

@@ -89,3 +89,13 @@ def test_export_classifier_keeps_an_existing_version(tmp_path, capsys):
     argv = ["export", "classifier", "--train", "a", "--test", "b", "--name", "m"]
     assert main([*argv, "--model-repository", str(tmp_path)]) == 1
     assert "exists; --force replaces it" in capsys.readouterr().err
+
+
+def test_build_defaults_only_builds_the_named_models(tmp_path, capsys):
+    root = tmp_path / "repo"
+    (root / "fortune-topics").mkdir(parents=True)
+    stamp(root / "fortune-topics", DEFAULTS_FORMAT)
+    args = ["build-defaults", "--model-repository", str(root), "--only", "fortune-topics"]
+    assert main(args) == 0
+    assert "fortune-topics: " + str(root / "fortune-topics") + " exists" in capsys.readouterr().out
+    assert sorted(p.name for p in root.iterdir()) == ["fortune-topics"]
