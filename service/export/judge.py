@@ -17,8 +17,9 @@ The steps, all on a CPU:
 4. check ONNX Runtime against torch: every left-padded batch row against the same prompt run
    alone through a fresh model instance, ``layer_logits``' last layer against the model's own
    logits (the logit lens), and the head's outputs against :mod:`kernels.reference`;
-5. optionally rewrite attention (``--attention sparse``, :mod:`service.optimize`), refused
-   with the pass's reasons when it cannot vouch for the result;
+5. optionally rewrite attention (``--attention sparse``, :mod:`service.optimize`: each layer's
+   attention becomes ``ai.surety::SparseAttention`` with causal=1 and the key padding of
+   ``attention_mask``), refused with the pass's reasons when it cannot vouch for the result;
 6. write ``<out>/<name>/<version>/{model.onnx, tokenizer.json}``, ``<out>/<name>/export.json``
    and ``<out>/<name>/config.yaml`` (``task: judge``).
 
@@ -438,21 +439,15 @@ def _feeds(batch: EncodedPrompts) -> dict[str, np.ndarray]:
     return {INPUTS[0]: batch.input_ids, INPUTS[1]: batch.attention_mask}
 
 
-#: Why ``--attention sparse`` cannot work on a decoder yet, told with every refusal.
-CAUSAL_UNSUPPORTED = (
-    "surety optimize takes an attention's additive mask as a key-padding mask, one row for "
-    "every query; a causal LM's mask differs per query, and SparseAttention is given causal=1 "
-    "only for ORT's MultiHeadAttention (unidirectional), not for exported attention subgraphs: "
-    "causal attention is not supported by the pass yet, so the judge is exported with dense "
-    "attention or not at all"
-)
-
-
 def _optimize_graph(
     model_path: Path, batches: Sequence[EncodedPrompts], options: OptimizeOptions, log: Log
 ) -> dict[str, Any]:
-    """Rewrite the graph's attention in place (:mod:`service.optimize`), or refuse with why
-    (see CAUSAL_UNSUPPORTED): a graph that let queries see later keys is never written."""
+    """Rewrite the graph's attention in place (:mod:`service.optimize`), or refuse with the
+    pass's reasons. The pass takes the judge's additive mask (causal And key padding, built by
+    ``service.judge.graph._padded_causal_mask``) as SparseAttention's causal=1 plus the
+    key-padding row, and checks the rewritten graph against the dense one on the left-padded
+    sample batches: a graph that let queries see later keys, or read padding, drifts past the
+    tolerance and is never written."""
     from dataclasses import asdict
 
     from service.optimize.options import DriftError, OptimizeError
@@ -463,8 +458,7 @@ def _optimize_graph(
         report = optimize_file(model_path, model_path, options, samples=samples)
     except DriftError as error:
         raise ExportError(
-            f"--attention {options.attention}: {error}. {CAUSAL_UNSUPPORTED}\n"
-            + error.report.format()
+            f"--attention {options.attention}: {error}\n" + error.report.format()
         ) from error
     except OptimizeError as error:
         raise ExportError(f"--attention {options.attention}: {error}") from error
@@ -472,8 +466,7 @@ def _optimize_graph(
         reasons = sorted({change.detail for change in report.skipped})
         raise ExportError(
             f"--attention {options.attention}: no attention subgraph matched "
-            f"({len(report.skipped)} softmax(es) skipped: {'; '.join(reasons)}). "
-            f"{CAUSAL_UNSUPPORTED}"
+            f"({len(report.skipped)} softmax(es) skipped: {'; '.join(reasons)})"
         )
     log(f"graph rewrite: {len(report.replaced)} node(s) replaced, max drift {report.max_drift:.3g}")
     return {

@@ -14,6 +14,9 @@ from service.optimize.options import OptimizeError
 #: for the batch, every other for a sequence long enough to pad and to exceed small windows.
 BATCH = 2
 SEQUENCE = 16
+#: The (batch, sequence) sizes :func:`probe` runs at: two, each size different, so that a
+#: dimension equal in both is taken for a constant of the model (heads, head size).
+PROBE_SIZES = ((BATCH, SEQUENCE), (BATCH + 1, SEQUENCE + 3))
 #: Graph inputs whose name holds this are taken for attention masks: ones, with trailing zeros.
 MASK_MARK = "mask"
 #: Ops an embedding lookup's indices may pass through before the Gather.
@@ -43,10 +46,13 @@ def _mask(shape: list[int]) -> np.ndarray:
     return mask
 
 
-def sample_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+def sample_inputs(
+    model: onnx.ModelProto, seed: int = 0, *, batch: int = BATCH, sequence: int = SEQUENCE
+) -> dict[str, np.ndarray]:
     """Random inputs for every graph input without a default: integer indices into the
     embedding table they feed (zeros when there is none), masks of ones with trailing zeros,
-    floats from a standard normal."""
+    floats from a standard normal. Symbolic dimensions are ``batch`` on the first axis and
+    ``sequence`` elsewhere."""
     rng = np.random.default_rng(seed)
     defaults = {t.name for t in model.graph.initializer}
     sizes: dict[str, int] = {}
@@ -62,7 +68,7 @@ def sample_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray
             if dim.HasField("dim_value"):
                 shape.append(int(dim.dim_value))
             else:
-                default = BATCH if axis == 0 else SEQUENCE
+                default = batch if axis == 0 else sequence
                 # A named dimension takes one size everywhere it appears; an unnamed one its own.
                 shape.append(sizes.setdefault(dim.dim_param, default) if dim.dim_param else default)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
@@ -95,6 +101,23 @@ def _run(model: onnx.ModelProto, samples: Sequence[Feeds], which: str) -> list[l
     # onnxruntime's errors derive from Exception alone, one class per status code.
     except Exception as error:
         raise OptimizeError(f"the {which} model does not run in onnxruntime: {error}") from error
+
+
+def probe(model: onnx.ModelProto, values: Mapping[str, int]) -> dict[str, list[np.ndarray]]:
+    """Intermediate ``values`` (name → ONNX element type) of ``model`` on generated inputs, once
+    per size in PROBE_SIZES: what shape inference leaves symbolic (a head count behind a
+    Reshape to -1) can be read off, and a dimension that moves with the inputs' sizes tells
+    itself apart from a constant one."""
+    names = list(values)
+    probing = onnx.ModelProto()
+    probing.CopyFrom(model)
+    del probing.graph.output[:]
+    probing.graph.output.extend(
+        onnx.helper.make_tensor_value_info(name, values[name], None) for name in names
+    )
+    samples = [sample_inputs(model, batch=b, sequence=s) for b, s in PROBE_SIZES]
+    runs = _run(probing, samples, "original")
+    return {name: [run[i] for run in runs] for i, name in enumerate(names)}
 
 
 def difference(expected: np.ndarray, actual: np.ndarray) -> float:

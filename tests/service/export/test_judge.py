@@ -29,11 +29,14 @@ from service.judge.prompt import (
     encode_prompts,
     load_tokenizer,
 )
+from service.optimize.options import OptimizeOptions
 from service.runtime.config import load_config
 from service.runtime.session import session_options
 from tests.service.judge.tinylm import build_tiny_llama
 
 LAYERS = 2
+#: ``--attention sparse`` (dense pattern) with the default drift tolerance; the softmaxes stay.
+SPARSE = OptimizeOptions(attention="sparse", softmax=False)
 SCORES = ("1", "2", "3", "4", "5")
 USER = "Sentence A : {text_a} . Sentence B : {text_b} . Rate how"
 ROWS = [
@@ -294,12 +297,84 @@ def test_cli_writes_the_entry_and_refuses_to_overwrite(tiny_model, tmp_path, cap
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_cli_sparse_attention_is_refused_with_the_reason(tiny_model, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def sparse_exported(tiny_model, tmp_path_factory) -> JudgeExport:
+    """The raw-lens judge with every layer's attention on SparseAttention (dense pattern)."""
+    return export_judge(
+        tiny_model,
+        tmp_path_factory.mktemp("sparse"),
+        "judge-sparse",
+        prompt=JudgePrompt(user=USER, system="You are a judge"),
+        optimize=SPARSE,
+        log=_quiet,
+    )
+
+
+def _attention_nodes(path: Path) -> list[onnx.NodeProto]:
+    return [n for n in onnx.load(str(path)).graph.node if n.op_type == "SparseAttention"]
+
+
+def test_sparse_attention_is_causal_with_the_key_padding_in_every_layer(sparse_exported):
+    model = onnx.load(str(sparse_exported.model_path))
+    attention = _attention_nodes(sparse_exported.model_path)
+    assert len(attention) == LAYERS  # every layer's attention, none left dense
+    for node in attention:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert node.domain == kernels.DOMAIN and attributes["causal"] == 1
+        assert len(node.input) == 4  # Q, K, V and the key-padding row from attention_mask
+    # The only Softmax left is the head's, over the score tokens.
+    assert [n.name for n in model.graph.node if n.op_type == "Softmax"] == ["layer_softmax"]
+    record = sparse_exported.metadata["optimize"]
+    assert record["options"] == SPARSE.record()
+    assert len(record["replaced"]) == LAYERS
+    assert all("causal from" in change["detail"] for change in record["replaced"])
+    assert max(record["drift"].values()) <= SPARSE.tolerance
+
+
+def test_sparse_judge_matches_torch_on_left_padded_batches(sparse_exported, torch_model):
+    """Batches of different lengths, each row left padded to its own depth, against the prompt
+    run alone in torch: a query seeing a later key, or padding, would be off by far more."""
+    for rows in (ROWS, ROWS[::-1][:2], ROWS[1:2]):
+        batch = _encode(sparse_exported, rows)
+        got = _run(sparse_exported, batch)
+        for row in range(len(rows)):
+            ids = batch.input_ids[row][batch.attention_mask[row] == 1].tolist()
+            want, _ = _torch_layer_logits(
+                torch_model, ids, list(sparse_exported.score_token_ids), "raw"
+            )
+            np.testing.assert_allclose(got["layer_logits"][row], want, atol=SPARSE.tolerance)
+        score, _ = expected_score(
+            got["layer_logits"], np.full(LAYERS + 1, 1 / (LAYERS + 1)), np.arange(1.0, 6.0)
+        )
+        np.testing.assert_allclose(got["expected_score"], score, atol=1e-5)
+    assert len(set(_encode(sparse_exported).lengths.tolist())) == len(ROWS)
+
+
+def test_cli_sparse_attention_records_the_options(tiny_model, tmp_path, capsys):
+    import yaml
+
     args = ["export", "judge", "--model", str(tiny_model), "--name", "tiny"]
     args += ["--model-repository", str(tmp_path), "--attention", "sparse"]
+    args += ["--attention-tolerance", "1e-4", "--estimator", "none"]
+    assert surety(args) == 0, capsys.readouterr().err
+    root = tmp_path / "tiny"
+    written = yaml.safe_load((root / "config.yaml").read_text("utf-8"))
+    assert written["optimize"] == SPARSE.record()
+    config = load_config(root / "config.yaml")
+    assert config.optimize is not None and config.optimize["attention"] == "sparse"
+    attention = _attention_nodes(root / "1" / "model.onnx")
+    assert len(attention) == LAYERS
+
+
+def test_cli_a_sparse_pattern_that_drifts_is_refused(tiny_model, tmp_path, capsys):
+    """The pass's own check against the dense graph still runs: a band of 3 keys moves the
+    layer logits far past 1e-6, and nothing is written."""
+    args = ["export", "judge", "--model", str(tiny_model), "--name", "tiny"]
+    args += ["--model-repository", str(tmp_path), "--attention", "sparse", "--pattern", "band"]
+    args += ["--window", "2", "--attention-tolerance", "1e-6"]
     assert surety(args) == 1
     err = capsys.readouterr().err
-    assert "causal attention is not supported by the pass yet" in err
+    assert "drift past the tolerance 1e-06" in err
     assert "nothing written" in err and not (tmp_path / "tiny").exists()
 
 
