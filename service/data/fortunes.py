@@ -55,6 +55,7 @@ from service.data.debian import (
     read_stamp,
     repo_root,
 )
+from service.data.jsonl import read_records, write_records
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -279,32 +280,16 @@ def split_stratified(
 
 def write_jsonl(path: Path, examples: Iterable[Example]) -> int:
     """Write ``{"text", "label"}`` lines atomically; returns the number written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for example in examples:
-            f.write(json.dumps({"text": example.text, "label": example.label}, ensure_ascii=False))
-            f.write("\n")
-            count += 1
-    tmp.replace(path)
-    return count
+    return write_records(path, ({"text": e.text, "label": e.label} for e in examples))
 
 
 def read_jsonl(path: Path) -> list[Example]:
     """Read ``{"text", "label"}`` lines (blank lines are skipped)."""
-    examples = []
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                examples.append(Example(str(record["text"]), str(record["label"])))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: not a {{text, label}} record: {exc}") from exc
-    return examples
+
+    def example(record: dict[str, Any]) -> Example:
+        return Example(str(record["text"]), str(record["label"]))
+
+    return read_records(path, example, "text, label")
 
 
 # --------------------------------------------------------------------------------------------

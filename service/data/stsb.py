@@ -44,11 +44,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from service.data.debian import Log, locked, repo_root
+from service.data.jsonl import read_records, write_records
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -291,37 +293,18 @@ def decode_corpus(sts_dir: Path, encoder_path: Path) -> dict[str, list[StsbPair]
 
 def write_jsonl(path: Path, pairs: Iterable[StsbPair]) -> int:
     """Write ``{"text_a", "text_b", "score"}`` lines atomically; returns the number written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for pair in pairs:
-            record = {"text_a": pair.text_a, "text_b": pair.text_b, "score": pair.score}
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    tmp.replace(path)
-    return count
+    return write_records(
+        path, ({"text_a": p.text_a, "text_b": p.text_b, "score": p.score} for p in pairs)
+    )
 
 
 def read_jsonl(path: Path) -> list[StsbPair]:
     """Read ``{"text_a", "text_b", "score"}`` lines (blank lines are skipped)."""
-    pairs = []
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                pair = StsbPair(
-                    str(record["text_a"]), str(record["text_b"]), float(record["score"])
-                )
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"{path}:{number}: not a {{text_a, text_b, score}} record"
-                ) from exc
-            pairs.append(pair)
-    return pairs
+
+    def pair(record: dict[str, Any]) -> StsbPair:
+        return StsbPair(str(record["text_a"]), str(record["text_b"]), float(record["score"]))
+
+    return read_records(path, pair, "text_a, text_b, score")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,43 @@
+"""JSON-lines files of records, shared by the datasets: written atomically, read with the line
+number of the first bad record in the error."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+Record = TypeVar("Record")
+
+
+def write_records(path: Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write one JSON object a line, through a temporary file renamed into place (a reader never
+    sees half a file); returns the number written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    tmp.replace(path)
+    return count
+
+
+def read_records(
+    path: Path, parse: Callable[[dict[str, Any]], Record], fields: str
+) -> list[Record]:
+    """``parse`` of every line's object (blank lines are skipped); ValueError names the file,
+    the line and the ``fields`` a record must have."""
+    records = []
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(parse(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{number}: not a {{{fields}}} record: {exc}") from exc
+    return records
