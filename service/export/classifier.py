@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -60,6 +59,7 @@ from service.export.encoder import (
     load_encoder,
     load_tokenizer,
 )
+from service.export.records import rewrite_record, sha256_file
 from service.models.torch_threads import one_torch_thread
 from service.optimize.options import (
     OptimizeOptions,
@@ -689,15 +689,7 @@ def _optimize_graph(
     except OptimizeError as error:
         raise ExportError(f"graph rewrite of {model_path}: {error}") from error
     log(f"graph rewrite: {len(report.replaced)} node(s) replaced, max drift {report.max_drift:.3g}")
-    return {
-        "options": options.record(),
-        "replaced": [asdict(change) for change in report.replaced],
-        "drift": report.drift,
-    }
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return rewrite_record(report, options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -950,7 +942,7 @@ def export_classifier(
             "truncation": True,
             "padding": "longest",
         },
-        "files": {MODEL_FILE: _sha256(model_path), TOKENIZER_FILE: _sha256(tokenizer_path)},
+        "files": {MODEL_FILE: sha256_file(model_path), TOKENIZER_FILE: sha256_file(tokenizer_path)},
         "softmax": {
             "op": f"{kernels.DOMAIN}::{SOFTMAX_OP}",
             "opset": kernels.OPSET_VERSION,

@@ -29,7 +29,6 @@ Weights are not quantized: dynamic int8 moved SmolLM2's score logits by up to 5.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from service.export.classifier import (
     TEXT_BATCHING,
     ExportError,
 )
+from service.export.records import rewrite_record, sha256_file
 from service.judge.graph import (
     EXPECTED_SCORE_OP,
     Lens,
@@ -448,8 +448,6 @@ def _optimize_graph(
     key-padding row, and checks the rewritten graph against the dense one on the left-padded
     sample batches: a graph that let queries see later keys, or read padding, drifts past the
     tolerance and is never written."""
-    from dataclasses import asdict
-
     from service.optimize.options import DriftError, OptimizeError
     from service.optimize.pipeline import optimize_file
 
@@ -469,23 +467,11 @@ def _optimize_graph(
             f"({len(report.skipped)} softmax(es) skipped: {'; '.join(reasons)})"
         )
     log(f"graph rewrite: {len(report.replaced)} node(s) replaced, max drift {report.max_drift:.3g}")
-    return {
-        "options": options.record(),
-        "replaced": [asdict(change) for change in report.replaced],
-        "drift": report.drift,
-    }
+    return rewrite_record(report, options)
 
 
 # --------------------------------------------------------------------------------------------
 # The export
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_judge(
@@ -672,7 +658,7 @@ def export_judge(
             "tolerance": parity_tolerance,
             "truncated_tokens_in_samples": truncated,
         },
-        "files": {MODEL_FILE: _sha256(model_path), TOKENIZER_FILE: _sha256(tokenizer_path)},
+        "files": {MODEL_FILE: sha256_file(model_path), TOKENIZER_FILE: sha256_file(tokenizer_path)},
         "seconds": seconds,
     }
     if optimized is not None:
