@@ -218,18 +218,26 @@ def export_text_classifier(args: argparse.Namespace) -> int:
             optimize=optimize_from_arguments(args),
             show_progress=not args.quiet,
         )
-        if not target.exists():
-            result.model_root.rename(target)
-        else:
-            shutil.rmtree(target / str(args.version), ignore_errors=True)
-            result.version_dir.rename(target / str(args.version))
-            for file in (CONFIG_FILE, LABELS_FILE, METADATA_FILE):
-                (result.model_root / file).replace(target / file)
+        _move_into(
+            target, result.model_root, args.version, (CONFIG_FILE, LABELS_FILE, METADATA_FILE)
+        )
     print(
         f"{args.name}: version {args.version} written to {target}; test accuracy "
         f"{result.test_accuracy:.4f} on {result.num_test} texts"
     )
     return 0
+
+
+def _move_into(target: Path, exported: Path, version: int, files: Sequence[str]) -> None:
+    """Move an entry exported beside ``target`` into place: whole when ``target`` is new, else
+    its version folder and its top-level ``files`` replace theirs (other versions stay)."""
+    if not target.exists():
+        exported.rename(target)
+        return
+    shutil.rmtree(target / str(version), ignore_errors=True)
+    (exported / str(version)).rename(target / str(version))
+    for file in files:
+        (exported / file).replace(target / file)
 
 
 def _judge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -284,13 +292,7 @@ def export_llm_judge(args: argparse.Namespace) -> int:
         except (ExportError, ValueError) as error:
             print(f"export judge: {error}; nothing written", file=sys.stderr)
             return 1
-        if not target.exists():
-            result.model_root.rename(target)
-        else:
-            shutil.rmtree(target / str(args.version), ignore_errors=True)
-            result.version_dir.rename(target / str(args.version))
-            for file in (CONFIG_FILE, METADATA_FILE):
-                (result.model_root / file).replace(target / file)
+        _move_into(target, result.model_root, args.version, (CONFIG_FILE, METADATA_FILE))
     parity = result.parity_max_error
     print(
         f"{args.name}: version {args.version} written to {target}; {result.num_layers} layers, "
