@@ -34,11 +34,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -60,6 +58,7 @@ from service.export.encoder import (
     load_tokenizer,
 )
 from service.export.records import rewrite_record, sha256_file
+from service.models.quiet_export import quiet_exporter
 from service.models.torch_threads import one_torch_thread
 from service.optimize.options import (
     OptimizeOptions,
@@ -544,35 +543,23 @@ def _export_onnx(
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence")
     scale = torch.ones(example.input_ids.shape[0], 1)
-    # The exporter's optimiser passes log every deduplicated initializer at INFO.
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
-    levels = [logger.level for logger in loggers]
-    try:
-        with warnings.catch_warnings():
-            # The exporter's deprecation and tracing chatter (and its note that torchvision's ops
-            # are not registered) says nothing about this model.
-            warnings.simplefilter("ignore")
-            for logger in loggers:
-                logger.setLevel(logging.ERROR)
-            torch.onnx.export(
-                model,
-                (example.input_ids, example.attention_mask, scale),
-                str(path),
-                dynamo=True,
-                input_names=list(MODEL_INPUTS),
-                output_names=list(output_names),
-                dynamic_shapes={
-                    "input_ids": {0: batch, 1: sequence},
-                    "attention_mask": {0: batch, 1: sequence},
-                    "scale": {0: batch},
-                },
-                opset_version=ONNX_OPSET,
-                external_data=False,
-                verbose=False,
-            )
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+    with quiet_exporter():
+        torch.onnx.export(
+            model,
+            (example.input_ids, example.attention_mask, scale),
+            str(path),
+            dynamo=True,
+            input_names=list(MODEL_INPUTS),
+            output_names=list(output_names),
+            dynamic_shapes={
+                "input_ids": {0: batch, 1: sequence},
+                "attention_mask": {0: batch, 1: sequence},
+                "scale": {0: batch},
+            },
+            opset_version=ONNX_OPSET,
+            external_data=False,
+            verbose=False,
+        )
 
 
 def _finish_graph(path: Path, output_names: Sequence[str], metadata: dict[str, str]) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -67,6 +66,7 @@ from service.judge.prompt import (
     encode_prompts,
     render_chat_template,
 )
+from service.models.quiet_export import quiet_exporter
 from service.optimize.options import OptimizeOptions
 
 if TYPE_CHECKING:
@@ -284,29 +284,18 @@ def sample_rows(fields: Sequence[str]) -> list[dict[str, str]]:
 def _export_onnx(module: torch.nn.Module, example: EncodedPrompts, path: Path) -> None:
     import torch
 
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
-    levels = [logger.level for logger in loggers]
     dynamic = {0: "batch", 1: "sequence"}
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # The tracer's notes on Python values taken from tensors concern shapes the
-            # parity check covers (batches and lengths other than the example's).
-            warnings.simplefilter("ignore")
-            for logger in loggers:
-                logger.setLevel(logging.ERROR)
-            torch.onnx.export(
-                module,
-                (torch.from_numpy(example.input_ids), torch.from_numpy(example.attention_mask)),
-                str(path),
-                dynamo=False,
-                input_names=list(INPUTS),
-                output_names=[OUTPUTS[0]],
-                dynamic_axes={INPUTS[0]: dynamic, INPUTS[1]: dynamic, OUTPUTS[0]: {0: "batch"}},
-                opset_version=ONNX_OPSET,
-            )
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+    with quiet_exporter(), torch.no_grad():
+        torch.onnx.export(
+            module,
+            (torch.from_numpy(example.input_ids), torch.from_numpy(example.attention_mask)),
+            str(path),
+            dynamo=False,
+            input_names=list(INPUTS),
+            output_names=[OUTPUTS[0]],
+            dynamic_axes={INPUTS[0]: dynamic, INPUTS[1]: dynamic, OUTPUTS[0]: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+        )
 
 
 def _finish_graph(path: Path, score_values: Sequence[float], metadata: Mapping[str, str]) -> None:

@@ -7,11 +7,9 @@ are the taps that Mahalanobis uncertainty will use.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 import kernels
+from service.models.quiet_export import quiet_exporter
 from service.models.torch_threads import one_torch_thread
 from service.uncertainty.calibrate import CalibrationOptions, calibrate_entry, describe
 
@@ -193,28 +192,11 @@ def accuracy(model: DigitsCNN, x: np.ndarray, y: np.ndarray) -> float:
 def export_onnx(model: DigitsCNN, path: Path) -> None:
     """Export with the dynamo exporter: a dynamic batch dimension shared by image and scale."""
     batch = torch.export.Dim("batch", min=1)
-    with _quiet_exporter():
+    with quiet_exporter():
         program = _export(model, batch)
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Hide the exporter's internal notices (optimizer passes, deprecations) from the build log."""
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
 
 
 def _export(model: DigitsCNN, batch: Any) -> Any:
