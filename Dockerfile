@@ -4,7 +4,8 @@
 #   docker run --rm -p 8000:8000 surety:latest   # or --network host where there is no bridge
 #
 # Python packages come from a wheelhouse in the build context (build/docker/wheels/, made by
-# scripts/docker/wheelhouse.sh from pyproject.toml), so the build needs no package index; apt
+# scripts/docker/wheelhouse.sh from the locks in requirements/, which it copies beside the
+# wheels), installed with their hashes checked, so the build needs no package index; apt
 # needs Debian's mirror. BASE_IMAGE is any Debian trixie image: debian:trixie-slim, or the
 # local surety-base:trixie that scripts/docker/base_image.sh makes where no registry answers.
 ARG BASE_IMAGE=debian:trixie-slim
@@ -29,7 +30,8 @@ COPY build/docker/wheels /wheels
 # The build backend and its tools ([build-system].requires), for a build without isolation:
 # an isolated build would try to reach the index for them.
 RUN python3 -m venv /opt/build \
-    && /opt/build/bin/pip install --no-index --find-links /wheels -r /wheels/build-requirements.txt
+    && /opt/build/bin/pip install --no-index --find-links /wheels --require-hashes \
+       -r /wheels/build.lock
 
 WORKDIR /src
 COPY pyproject.toml CMakeLists.txt README.md ./
@@ -38,8 +40,10 @@ COPY service service
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \
     && python3 -m venv --without-pip /opt/venv \
     && /opt/build/bin/pip --python /opt/venv/bin/python install --no-index --find-links /wheels \
+       --require-hashes -r /wheels/serving.lock \
+    && /opt/build/bin/pip --python /opt/venv/bin/python install --no-index --no-deps \
        /dist/surety-*.whl \
-    && /opt/venv/bin/python -I -c 'import kernels, onnxruntime as ort; \
+    && /opt/venv/bin/python -I -c 'import onnxruntime as ort; from surety import kernels; \
 ort.SessionOptions().register_custom_ops_library(kernels.library_path()); \
 print("ai.surety kernels load into onnxruntime", ort.__version__, "ISA here:", kernels.isa())'
 

@@ -13,7 +13,7 @@ MODEL_REPOSITORY ?= model_repository
 
 KERNEL_SOURCES := $(shell find kernels/src -type f) CMakeLists.txt kernels/CMakeLists.txt
 
-.PHONY: help setup build run test check lint bench clean image
+.PHONY: help setup build run test check lint bench clean image lock fresh fresh-newest
 
 help:
 	@echo "make run    set up, build the kernels and default models, serve on http://127.0.0.1:8000"
@@ -22,19 +22,65 @@ help:
 	@echo "make bench  run the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)"
 	@echo "make lint   ruff, mypy and hadolint"
 	@echo "make image  build the Docker image surety:latest (starts an engine if none answers)"
+	@echo "make lock   regenerate requirements/*.lock from pyproject.toml (newest allowed versions)"
+	@echo "make fresh  clone HEAD to a temporary folder and time make test and make run there"
+	@echo "make fresh-newest  the same with the newest versions pyproject.toml allows, no lock"
 	@echo "make clean  remove the virtualenv and build outputs"
 
-# Python packages and the project itself, whose build (scikit-build-core + CMake, incremental in
-# build/) compiles the kernels. Reruns when the dependencies or the native sources change.
-$(VENV)/.installed: pyproject.toml $(KERNEL_SOURCES)
-	@echo "==> installing packages and building the ai.surety kernels (first run takes a few minutes)"
+# Python packages come from the lock, requirements/full.lock (exact versions and hashes, every
+# extra and the build tools; `make lock` writes it from pyproject.toml). The project itself is
+# built last, without isolation or dependencies (scikit-build-core + CMake, incremental in build/),
+# which compiles the kernels. Reruns when the lock, the project or the native sources change.
+#
+# SURETY_RESOLVE=newest installs instead the newest versions pyproject.toml allows (no lock): the
+# fresh-install check's second mode (scripts/fresh_install.sh --newest), which finds the next
+# upstream break before a user does. The stamp names the mode, so switching reinstalls.
+SURETY_RESOLVE ?= lock
+LOCK := requirements/full.lock
+SERVING_LOCK := requirements/serving.lock
+BUILD_LOCK := requirements/build.lock
+INSTALLED := $(VENV)/.installed-$(SURETY_RESOLVE)
+
+$(INSTALLED): pyproject.toml $(LOCK) $(KERNEL_SOURCES)
+	@echo "==> installing packages ($(SURETY_RESOLVE)) and building the ai.surety kernels (first run takes a few minutes)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	rm -f $(VENV)/.installed-*
+ifeq ($(SURETY_RESOLVE),lock)
+	$(PIP) install -q --require-hashes -r $(LOCK)
+else ifeq ($(SURETY_RESOLVE),newest)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q scikit-build-core cmake ninja
-	$(PIP) install -q --no-build-isolation -e '.[models,dev]'
+	$(PIP) install -q --upgrade scikit-build-core cmake ninja
+	$(PIP) install -q --upgrade --upgrade-strategy eager --no-build-isolation -e '.[models,dev]'
+else
+	$(error SURETY_RESOLVE must be lock or newest, not $(SURETY_RESOLVE))
+endif
+	$(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-setup build: $(VENV)/.installed
+# Regenerate the locks from pyproject.toml with pip-tools (in .venv): the newest versions that
+# pyproject.toml allows, hashes of every file PyPI has for them. The image's two, at the versions
+# full.lock chose: serving.lock ([project].dependencies alone) and build.lock ([build-system]).
+lock: build
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile -q --upgrade --all-extras \
+	  --all-build-deps --allow-unsafe --generate-hashes --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --output-file $(LOCK) pyproject.toml
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile -q --upgrade --allow-unsafe \
+	  --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --constraint $(LOCK) --output-file $(SERVING_LOCK) pyproject.toml
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile -q --upgrade --allow-unsafe \
+	  --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --only-build-deps --all-build-deps --constraint $(LOCK) --output-file $(BUILD_LOCK) \
+	  pyproject.toml
+
+# A fresh clone of HEAD in a temporary folder, `make test` then `make run` there, timed
+# (docs/operations.md); `make fresh-newest` does the same with SURETY_RESOLVE=newest.
+fresh:
+	scripts/fresh_install.sh
+
+fresh-newest:
+	scripts/fresh_install.sh --newest
+
+setup build: $(INSTALLED)
 
 # The default models (digits, fortune-topics, stsb-judge): build-defaults builds the entries that are missing,
 # so a new default model joins an existing repository, and skips built ones in about a second

@@ -39,13 +39,13 @@ import onnxruntime as ort
 import orjson
 from serving import server
 
-import kernels
-from kernels.reference import ESTIMATORS
-from service.optimize.options import OptimizeOptions, SparseOptions
-from service.optimize.pipeline import optimize
-from service.runtime.decoders import TextDecoder
-from service.runtime.types import Tensor
-from service.uncertainty.features import OfflineModel, feature_set
+from surety import kernels
+from surety.kernels.reference import ESTIMATORS
+from surety.optimize.options import OptimizeOptions, SparseOptions
+from surety.optimize.pipeline import optimize
+from surety.runtime.decoders import TextDecoder
+from surety.runtime.types import Tensor
+from surety.uncertainty.features import OfflineModel, feature_set
 
 MODEL = "fortune-topics"
 UNBOUNDED = float("inf")  # the rewrites are measured here, not vouched for

@@ -31,10 +31,10 @@ import orjson
 import yaml
 from serving import Figures, load, measured, server
 
-from service.runtime.config import load_config
-from service.runtime.decoders import TextDecoder, build_decoders
-from service.runtime.session import OnnxSession
-from service.runtime.types import Tensor
+from surety.runtime.config import load_config
+from surety.runtime.decoders import TextDecoder, build_decoders
+from surety.runtime.session import OnnxSession
+from surety.runtime.types import Tensor
 
 MODEL = "fortune-topics"
 PATH = f"/v2/models/{MODEL}/score"

@@ -4,12 +4,15 @@
 # build context instead. Wheels for Debian trixie's python3 (CPython 3.13, glibc 2.41, x86-64),
 # downloaded by this machine's pip whatever Python runs it.
 #
-# What goes in is read from pyproject.toml, the one place it is kept:
-#   serving-requirements.txt  [project].dependencies: everything `surety serve` imports (the
-#                             `models` extra, torch and transformers included, is for building
-#                             models and stays out of the image)
-#   build-requirements.txt    [build-system].requires: scikit-build-core, cmake, ninja
-# Cached: rebuilt only when those requirements (or this script) change.
+# What goes in is the project's locks (exact versions and hashes, `make lock` writes them from
+# pyproject.toml), copied beside the wheels for the Dockerfile to install from:
+#   serving.lock   [project].dependencies: everything `surety serve` imports (the `models`
+#                  extra, torch and transformers included, is for building models and stays out
+#                  of the image)
+#   build.lock     [build-system].requires: scikit-build-core, cmake, ninja
+# The locks are resolved on this machine's Python; their hashes cover every file PyPI has for
+# each pinned version, so the CPython 3.13 wheels are checked too.
+# Cached: rebuilt only when those locks (or this script) change.
 #
 # usage: scripts/docker/wheelhouse.sh
 set -euo pipefail
@@ -23,38 +26,20 @@ stamp=$cache_dir/wheels.sha256
 python_version=3.13 # trixie's python3
 glibc_minor=41      # trixie's glibc 2.41: manylinux_2_x wheels up to x = 41 run on it
 
-# Any Python ≥ 3.11 reads pyproject (tomllib); the project's venv has pip for certain.
 python=$repo_root/.venv/bin/python
 [[ -x $python ]] || python=python3
-"$python" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null ||
-  die "$python is not Python ≥ 3.11 (make build creates .venv)"
+locks=("$repo_root/requirements/serving.lock" "$repo_root/requirements/build.lock")
 
-mkdir -p "$cache_dir"
-staging=$(mktemp -d "$cache_dir/wheels.XXXXXX")
-trap 'rm -rf "$staging"' EXIT
-
-"$python" - "$repo_root/pyproject.toml" "$staging" <<'PY'
-import sys
-import tomllib
-from pathlib import Path
-
-pyproject = tomllib.loads(Path(sys.argv[1]).read_text())
-out = Path(sys.argv[2])
-header = "# generated from pyproject.toml by scripts/docker/wheelhouse.sh; edit pyproject.toml\n"
-(out / "serving-requirements.txt").write_text(
-    header + "\n".join(pyproject["project"]["dependencies"]) + "\n"
-)
-(out / "build-requirements.txt").write_text(
-    header + "\n".join(pyproject["build-system"]["requires"]) + "\n"
-)
-PY
-
-# The requirements, not all of pyproject.toml: a new dev tool or lint setting changes nothing here.
-want=$(cat "$staging"/*-requirements.txt "$0" | sha256sum | cut -d' ' -f1)
+want=$(cat "${locks[@]}" "$0" | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$want" && -d $wheels ]]; then
   log "$wheels is up to date ($(find "$wheels" -name '*.whl' | wc -l) wheels)"
   exit 0
 fi
+
+mkdir -p "$cache_dir"
+staging=$(mktemp -d "$cache_dir/wheels.XXXXXX")
+trap 'rm -rf "$staging"' EXIT
+cp "${locks[@]}" "$staging/"
 
 platforms=(--platform manylinux1_x86_64 --platform manylinux2010_x86_64 --platform manylinux2014_x86_64)
 for ((minor = 5; minor <= glibc_minor; minor++)); do
@@ -65,7 +50,7 @@ log "downloading wheels for CPython $python_version (manylinux x86-64) into $whe
 "$python" -m pip --disable-pip-version-check download -q --dest "$staging" \
   --only-binary=:all: --implementation cp --python-version "$python_version" \
   --abi "cp${python_version/./}" "${platforms[@]}" \
-  -r "$staging/serving-requirements.txt" -r "$staging/build-requirements.txt"
+  --require-hashes -r "$staging/serving.lock" -r "$staging/build.lock"
 
 rm -rf "$wheels"
 mv "$staging" "$wheels"

@@ -30,12 +30,12 @@ import pytest
 import yaml
 from fastapi.routing import APIRoute
 
-from service.api import ROUTERS
-from service.api.security import Access
-from service.cli import DEFAULT_MODELS
-from service.main import create_app
-from service.metrics import Metrics
-from service.settings import Settings
+from surety.api import ROUTERS
+from surety.api.security import Access
+from surety.cli import DEFAULT_MODELS
+from surety.main import create_app
+from surety.metrics import Metrics
+from surety.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-import kernels
-from kernels import reference
+from surety import kernels
+from surety.kernels import reference
 from tests.kernels.conftest import make_session
 
 F32 = npt.NDArray[np.float32]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
-from service.export.classifier import ExportResult
-from service.models import digits
-from service.runtime.config import load_config
-from service.runtime.session import OnnxSession
-from service.settings import Settings
+from surety.export.classifier import ExportResult
+from surety.models import digits
+from surety.runtime.config import load_config
+from surety.runtime.session import OnnxSession
+from surety.settings import Settings
 from tests.service import textmodel
 from tests.service.helpers import running_server
 

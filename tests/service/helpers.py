@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.runtime.session import OnnxSession
-from service.server import build_server
-from service.settings import Settings
+from surety.runtime.session import OnnxSession
+from surety.server import build_server
+from surety.settings import Settings
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.cli import (
+from surety.cli import (
     COMMANDS,
     DEFAULT_MODELS,
     DEFAULTS_FORMAT,
@@ -21,7 +21,7 @@ from service.cli import (
 
 def test_every_command_has_help():
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "surety.cli", "--help"], capture_output=True, text=True, check=True
     )
     for command in COMMANDS:
         assert command.name in result.stdout

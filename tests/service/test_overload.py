@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from service.settings import Settings
+from surety.settings import Settings
 from tests.service.helpers import running_server
 
 LOADGEN = Path(__file__).resolve().parents[2] / "bench" / "loadgen.py"

@@ -14,9 +14,9 @@ import pytest
 import tritonclient.http as triton_http
 from pydantic import SecretStr
 
-from service.api.security import KeyRing, load_keyring, read_digests
-from service.main import create_app
-from service.settings import Settings
+from surety.api.security import KeyRing, load_keyring, read_digests
+from surety.main import create_app
+from surety.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import image_request, running_server
 

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from service.settings import Settings
+from surety.settings import Settings
 from tests.service import textmodel
 from tests.service.textmodel import text_request
 

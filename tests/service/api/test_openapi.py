@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.errors import ERRORS
+from surety.errors import ERRORS
 
 INFERENCE_ROUTES = [
     f"/v2/models/{{model}}{version}/{route}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from service.api import pacing
-from service.api.pacing import RetryPacer
+from surety.api import pacing
+from surety.api.pacing import RetryPacer
 
 CLIENT = ("127.0.0.1", 40000)
 

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from service.api import ROUTERS
-from service.api.fast import INFERENCE_PATH
-from service.settings import Settings
+from surety.api import ROUTERS
+from surety.api.fast import INFERENCE_PATH
+from surety.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import image_request, running_server
 

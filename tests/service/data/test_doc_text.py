@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from service.data import doc_text, fortunes
-from service.data.debian import STAMP_NAME
-from service.data.doc_text import (
+from surety.data import doc_text, fortunes
+from surety.data.debian import STAMP_NAME
+from surety.data.doc_text import (
     keep_paragraph,
     prepare_doc_text,
     roff_paragraphs,
@@ -20,7 +20,7 @@ from service.data.doc_text import (
     sample_paragraphs,
     text_paragraphs,
 )
-from service.data.fortunes import read_jsonl
+from surety.data.fortunes import read_jsonl
 
 # --------------------------------------------------------------------------------------------
 # Paragraph filter

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.data import fortunes
-from service.data.fortunes import (
+from surety.data import fortunes
+from surety.data.fortunes import (
     Example,
     FortunesError,
     load_topics,

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.data import stsb
-from service.data.stsb import (
+from surety.data import stsb
+from surety.data.stsb import (
     StsbError,
     StsbPair,
     bytes_to_unicode,

@@ -13,9 +13,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-import kernels
-from service.data.fortunes import Example, read_jsonl, write_jsonl
-from service.export.classifier import (
+from surety import kernels
+from surety.data.fortunes import Example, read_jsonl, write_jsonl
+from surety.export.classifier import (
     TOKEN_OUTPUT,
     ExportError,
     ExportResult,
@@ -23,13 +23,13 @@ from service.export.classifier import (
     read_export_metadata,
     repository_config,
 )
-from service.export.encoder import (
+from surety.export.encoder import (
     EncodedBatch,
     build_pooled_classifier,
     default_encoder_dir,
     load_encoder,
 )
-from service.runtime.config import ModelConfig, load_config
+from surety.runtime.config import ModelConfig, load_config
 from tests.service import textmodel
 
 HIDDEN = 384

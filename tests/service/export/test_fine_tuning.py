@@ -17,11 +17,11 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-import kernels
-from service.cli import parser
-from service.data.fortunes import Example, read_jsonl, write_jsonl
-from service.export import classifier
-from service.export.classifier import (
+from surety import kernels
+from surety.cli import parser
+from surety.data.fortunes import Example, read_jsonl, write_jsonl
+from surety.export import classifier
+from surety.export.classifier import (
     TOKEN_OUTPUT,
     ExportResult,
     FineTuning,
@@ -29,7 +29,7 @@ from service.export.classifier import (
     export_classifier,
     read_export_metadata,
 )
-from service.export.encoder import (
+from surety.export.encoder import (
     EncodedBatch,
     build_pooled_classifier,
     default_encoder_dir,
@@ -37,8 +37,8 @@ from service.export.encoder import (
     load_tokenizer,
     mean_pool,
 )
-from service.models.torch_threads import one_torch_thread
-from service.runtime.config import load_config
+from surety.models.torch_threads import one_torch_thread
+from surety.runtime.config import load_config
 
 LAYERS = 3
 HIDDEN = 32

@@ -12,26 +12,26 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import kernels
-from kernels.reference import expected_score
-from service.cli import main as surety
-from service.export.judge import (
+from surety import kernels
+from surety.cli import main as surety
+from surety.export.judge import (
     JudgeExport,
     JudgePrompt,
     ScoreTokenError,
     export_judge,
     validate_score_tokens,
 )
-from service.judge.graph import LAYER_WEIGHTS, set_layer_weights
-from service.judge.prompt import (
+from surety.judge.graph import LAYER_WEIGHTS, set_layer_weights
+from surety.judge.prompt import (
     EncodedPrompts,
     PromptTooLongError,
     encode_prompts,
     load_tokenizer,
 )
-from service.optimize.options import OptimizeOptions
-from service.runtime.config import load_config
-from service.runtime.session import session_options
+from surety.kernels.reference import expected_score
+from surety.optimize.options import OptimizeOptions
+from surety.runtime.config import load_config
+from surety.runtime.session import session_options
 from tests.service.judge.tinylm import build_tiny_llama
 
 LAYERS = 2
@@ -390,7 +390,7 @@ def test_config_refuses_inconsistent_judge_sections(exported):
     import yaml
     from pydantic import ValidationError
 
-    from service.runtime.config import ModelConfig
+    from surety.runtime.config import ModelConfig
 
     good = yaml.safe_load((exported.model_root / "config.yaml").read_text())
     ModelConfig.model_validate(good)

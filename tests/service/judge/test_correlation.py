@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.judge.correlation import (
+from surety.judge.correlation import (
     average_ranks,
     bootstrap_interval,
     correlate,

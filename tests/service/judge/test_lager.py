@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import reference
-from service.judge.lager import (
+from surety.judge.lager import (
     DEFAULT_SCORE_VALUES,
     aggregate_logits,
     append_constant_layer,
@@ -22,6 +21,7 @@ from service.judge.lager import (
     uniform_weights,
     vscore,
 )
+from surety.kernels import reference
 
 V = np.asarray(DEFAULT_SCORE_VALUES)
 B, L, K = 16, 7, 5

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.judge.prompt import (
+from surety.judge.prompt import (
     TRUNCATION_MARKER,
     PromptTemplate,
     PromptTooLongError,

@@ -8,8 +8,8 @@ import onnx
 import pytest
 import torch
 
-import kernels
-from service.models import digits
+from surety import kernels
+from surety.models import digits
 from tests.service.helpers import run_direct
 
 

@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from service.optimize.options import DriftError, OptimizeOptions, SparseOptions
-from service.optimize.pipeline import optimize, optimize_file, rewrite
-from service.optimize.verify import sample_inputs
+from surety.optimize.options import DriftError, OptimizeOptions, SparseOptions
+from surety.optimize.pipeline import optimize, optimize_file, rewrite
+from surety.optimize.verify import sample_inputs
 from tests.service.optimize.graphs import (
     HEAD_SIZE,
     HEADS,

@@ -9,15 +9,15 @@ from pathlib import Path
 import onnx
 import pytest
 
-from service.export.classifier import (
+from surety.export.classifier import (
     ExportResult,
     FineTuning,
     TrainingConfig,
     export_classifier,
 )
-from service.optimize.options import OptimizeOptions
-from service.optimize.pipeline import optimize_file
-from service.runtime.config import load_config
+from surety.optimize.options import OptimizeOptions
+from surety.optimize.pipeline import optimize_file
+from surety.runtime.config import load_config
 from tests.service.optimize.graphs import ops
 
 

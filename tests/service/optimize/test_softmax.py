@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from kernels import reference
-from service.optimize.options import OptimizeOptions
-from service.optimize.pipeline import optimize, rewrite
+from surety.kernels import reference
+from surety.optimize.options import OptimizeOptions
+from surety.optimize.pipeline import optimize, rewrite
 from tests.service.optimize.graphs import (
     floats,
     initializer,

@@ -11,10 +11,10 @@ import numpy as np
 import orjson
 import pytest
 
-from service.errors import InvalidInputError
-from service.protocol.codec import MAX_DIMS, decode_request, encode_response
-from service.protocol.datatypes import NUMPY_DTYPES, datatype_of
-from service.runtime.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from surety.errors import InvalidInputError
+from surety.protocol.codec import MAX_DIMS, decode_request, encode_response
+from surety.protocol.datatypes import NUMPY_DTYPES, datatype_of
+from surety.runtime.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 SAMPLES = {
     "BOOL": np.array([[True, False, True], [False, False, True]]),

@@ -11,16 +11,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.errors import (
+from surety.errors import (
     DeadlineExceededError,
     DrainingError,
     InferenceFailedError,
     QueueFullError,
 )
-from service.metrics import Metrics
-from service.runtime import batcher as batcher_module
-from service.runtime.batcher import Batcher, BatchPolicy
-from service.runtime.session import Feeds
+from surety.metrics import Metrics
+from surety.runtime import batcher as batcher_module
+from surety.runtime.batcher import Batcher, BatchPolicy
+from surety.runtime.session import Feeds
 
 
 def feeds(images: np.ndarray) -> Feeds:

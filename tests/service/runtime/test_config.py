@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from service.errors import ConfigError
-from service.models.digits import repository_config
-from service.runtime.config import load_config
+from surety.errors import ConfigError
+from surety.models.digits import repository_config
+from surety.runtime.config import load_config
 
 
 def write(tmp_path: Path, config: object) -> Path:

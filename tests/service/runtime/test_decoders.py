@@ -14,10 +14,10 @@ import pytest
 import yaml
 from tokenizers import AddedToken, Encoding, Tokenizer, normalizers, pre_tokenizers
 
-from service.errors import InvalidInputError
-from service.export.classifier import ExportResult
-from service.runtime.config import InputSpec, load_config
-from service.runtime.decoders import (
+from surety.errors import InvalidInputError
+from surety.export.classifier import ExportResult
+from surety.runtime.config import InputSpec, load_config
+from surety.runtime.decoders import (
     BUDGET_GROWTH,
     CHARS_PER_TOKEN,
     TextDecoder,
@@ -25,8 +25,8 @@ from service.runtime.decoders import (
     cut_points,
     pad_values,
 )
-from service.runtime.repository import load_entry
-from service.runtime.types import Tensor
+from surety.runtime.repository import load_entry
+from surety.runtime.types import Tensor
 from tests.service import textmodel
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from service.uncertainty import SDM, ServedOOD
+from surety.cli import main
+from surety.uncertainty import SDM, ServedOOD
 
 
 @pytest.fixture

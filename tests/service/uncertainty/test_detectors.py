@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.uncertainty import detectors
-from service.uncertainty.base import ArtifactError, FeatureSet
-from service.uncertainty.detectors import DETECTORS, Combined, Detector, fit_detector
-from service.uncertainty.ood import CandidateSpec, candidates
+from surety.uncertainty import detectors
+from surety.uncertainty.base import ArtifactError, FeatureSet
+from surety.uncertainty.detectors import DETECTORS, Combined, Detector, fit_detector
+from surety.uncertainty.ood import CandidateSpec, candidates
 
 from .conftest import gaussian_classes
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.uncertainty.base import ArtifactError, FeatureSet
-from service.uncertainty.ood import (
+from surety.uncertainty.base import ArtifactError, FeatureSet
+from surety.uncertainty.ood import (
     RULE_BEST,
     RULE_FALLBACK,
     CandidateSpec,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.uncertainty import SDM, ArtifactError, FeatureSet
-from service.uncertainty.sdm import (
+from surety.uncertainty import SDM, ArtifactError, FeatureSet
+from surety.uncertainty.sdm import (
     dkw_epsilon,
     ecdf_below,
     high_reliability_region,
