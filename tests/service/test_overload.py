@@ -1,10 +1,11 @@
 """Overload against the real digits server: hundreds of closed-loop clients (bench/loadgen.py).
 
 The contract under overload: every answer is 200, 429 or 503; every 429/503 carries
-``Retry-After``; no connection is dropped; some requests are still served; refusals are fast
-next to accepted requests (decided before the body is read); the liveness probe keeps
-answering. Latencies are compared with each other and with the run's length, never with
-absolute bounds: the machine is shared.
+``Retry-After``; no connection is dropped; some requests are still served; the liveness probe
+keeps answering. That refusals are decided before the body is read is
+tests/service/api/test_shedding.py's; how fast they are next to answers is a figure, and
+bench/overload.py reports it (a comparison of two p99s fails whenever the machine has other
+work). Latencies are compared with the run's length, never with absolute bounds.
 
 The load generator runs in its own process, as it would in production: sharing the test
 process's GIL with the server thread, its hundreds of connections would slow the server's
@@ -83,14 +84,6 @@ def test_every_refusal_carries_retry_after(overload):
     refused = sum(n for status, n in load["counts"].items() if status in REFUSALS)
     assert refused > 0, f"{CLIENTS} clients did not overload the server: {load['counts']}"
     assert load["missing_retry_after"] == 0, f"{load['missing_retry_after']} of {refused}"
-
-
-@pytest.mark.slow
-def test_refusals_are_fast_next_to_accepted_requests(overload):
-    load = load_of(overload)
-    rejected, accepted = load["rejected_ms"], load["accepted_ms"]
-    assert rejected["count"] > 0 and accepted["count"] > 0, load["counts"]
-    assert rejected["p99"] <= accepted["p99"], (rejected, accepted)
 
 
 @pytest.mark.slow

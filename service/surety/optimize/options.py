@@ -53,7 +53,8 @@ class SparseOptions:
 class OptimizeOptions:
     """``softmax``: rewrite last-axis Softmax nodes into TwoPassSoftmax; ``attention``: one of
     ATTENTION_MODES; ``tolerance``: the largest |rewritten − original| allowed on any element of
-    any output over the sample inputs."""
+    any output over the sample inputs, relative to that output's magnitude, max(1, max
+    |original|) (optimize.verify.magnitude)."""
 
     softmax: bool = True
     attention: str = "none"
@@ -130,9 +131,10 @@ def add_optimize_arguments(
         type=float,
         default=DEFAULT_TOLERANCE,
         metavar="TOLERANCE",
-        help="the largest absolute difference allowed between the rewritten and the original "
-        "model, on any element of any output, over sample inputs; past it the rewritten model "
-        "is refused and nothing is written (default %(default)g)",
+        help="the largest difference allowed between the rewritten and the original model, on "
+        "any element of any output over sample inputs, relative to the output's magnitude "
+        "max(1, max |original|); past it the rewritten model is refused and nothing is written "
+        "(default %(default)g)",
     )
 
 

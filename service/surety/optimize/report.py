@@ -43,7 +43,8 @@ class Report:
         lines += [f"  {c.kind:<22} {c.node}: {c.detail}" for c in self.skipped]
         if self.drift:
             lines.append(
-                f"drift, max |rewritten - original| per output (tolerance {self.tolerance:g}):"
+                "drift, max |rewritten - original| / max(1, max |original|) per output "
+                f"(tolerance {self.tolerance:g}):"
             )
             width = max(len(name) for name in self.drift)
             lines += [f"  {name:<{width}}  {value:.3g}" for name, value in self.drift.items()]

@@ -131,14 +131,25 @@ def difference(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.nan_to_num(gap, nan=np.inf).max(initial=0.0))
 
 
+def magnitude(output: np.ndarray) -> float:
+    """The scale a drift is measured against: max(1, the largest finite |element|). Outputs of
+    unit size (probabilities, features) keep an absolute bound; outputs in the hundreds (a
+    Mahalanobis distance, raw logits) get a relative one, since float32 rounding grows with them."""
+    finite = np.abs(output[np.isfinite(output)].astype(np.float64))
+    return max(1.0, float(finite.max(initial=0.0)))
+
+
 def drift(
     original: onnx.ModelProto, rewritten: onnx.ModelProto, samples: Sequence[Feeds]
 ) -> dict[str, float]:
-    """Per output of ``original``: the largest |rewritten − original| over ``samples``."""
+    """Per output of ``original``: the largest |rewritten − original| / magnitude(original)
+    over ``samples``."""
     names = [value.name for value in original.graph.output]
     before = _run(original, samples, "original")
     after = _run(rewritten, samples, "rewritten")
     return {
-        name: max(difference(b[i], a[i]) for b, a in zip(before, after, strict=True))
+        name: max(
+            difference(b[i], a[i]) / magnitude(b[i]) for b, a in zip(before, after, strict=True)
+        )
         for i, name in enumerate(names)
     }

@@ -3,6 +3,7 @@ what it refuses is answered and counted like any refusal."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import httpx
@@ -83,3 +84,30 @@ def test_without_pacing_refusals_are_never_held(client, images):
         )
         assert response.status_code == 504
     assert time.monotonic() - started < 0.8
+
+
+def test_a_refusal_is_decided_before_the_body_is_read(server, client):
+    """The refusal is written while the body it announces has not been sent: a server that read
+    the body first would wait for it (and answer 408 after body_timeout_s, 30 s) instead. This
+    holds however busy the machine is; how fast refusals are next to answers is bench/overload.py's
+    to measure."""
+    host, port = server.removeprefix("http://").split(":")
+    head = (
+        "POST /v2/models/digits/score HTTP/1.1\r\n"
+        f"Host: {host}\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n"
+        "Request-Timeout: 1e-9\r\n\r\n"
+    )
+    reason = {"model": "digits", "reason": "deadline"}
+    before = value(scrape(client), "surety_rejected_requests_total", **reason)
+    with socket.create_connection((host, int(port)), timeout=25) as sock:
+        sock.sendall(head.encode())  # and never a byte of the body
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed without an answer: {answer!r}"
+            answer += chunk
+    status_line, *headers = answer.split(b"\r\n\r\n")[0].decode().split("\r\n")
+    assert status_line.split()[1] == "504", answer
+    assert any(h.lower().startswith("x-request-id:") for h in headers), headers
+    after = value(scrape(client), "surety_rejected_requests_total", **reason)
+    assert after == before + 1

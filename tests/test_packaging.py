@@ -1,0 +1,150 @@
+"""Surety's import names are its own: one root, `surety`, that no other distribution provides,
+resolving into this checkout; a wheel with nothing else at its top level; and Hugging Face's
+`kernels` (which transformers ≥ 5.25 imports) living beside it in one process.
+
+The collision these guard against: the op library's loader was once a top-level `kernels`
+package, which shadowed Hugging Face's and stopped every transformers model from loading."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+#: Wheel path → source folder, as the build maps them (pyproject.toml, tool.scikit-build).
+PACKAGES: dict[str, str] = PYPROJECT["tool"]["scikit-build"]["wheel"]["packages"]
+#: The top-level names the wheel installs, and the checkout's test package.
+OUR_NAMES = {path.split("/")[0] for path in PACKAGES} | {"tests"}
+
+
+def test_the_wheel_maps_everything_under_one_root():
+    assert {path.split("/")[0] for path in PACKAGES} == {"surety"}
+
+
+@pytest.mark.parametrize("name", sorted(OUR_NAMES))
+def test_no_other_installed_distribution_provides_our_import_names(name):
+    providers = set(importlib.metadata.packages_distributions().get(name, ())) - {"surety"}
+    assert not providers, f"{name!r} is also installed by {sorted(providers)}"
+
+
+def test_the_root_resolves_into_the_checkout():
+    surety = importlib.import_module("surety")
+    portions = {Path(p).resolve() for p in surety.__path__}
+    assert {REPO / "service" / "surety", REPO / "kernels" / "surety"} <= portions
+    for module in ("surety.cli", "surety.main", "surety.kernels", "surety.kernels.reference"):
+        file = Path(importlib.import_module(module).__file__ or "").resolve()
+        assert file.is_relative_to(REPO), (module, file)
+
+
+def test_the_folders_on_the_import_path_hold_no_other_name():
+    """The editable install puts service/ and kernels/ on sys.path (each holds a portion of the
+    `surety` namespace): any other Python package or module there would be a new top-level
+    name, importable by everyone."""
+    for folder in {REPO / source.split("/")[0] for source in PACKAGES.values()}:
+        names = {
+            entry.name.removesuffix(".py")
+            for entry in folder.iterdir()
+            if entry.suffix == ".py" or (entry.is_dir() and any(entry.rglob("*.py")))
+        }
+        assert names == {"surety"}, (folder, names)
+
+
+@pytest.mark.slow  # builds the wheel: the kernels compile in build/wheel-check (incremental)
+def test_the_built_wheel_has_one_top_level_name(tmp_path):
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"),
+            *("--config-settings", f"build-dir={REPO / 'build' / 'wheel-check'}"),
+            *("--wheel-dir", str(tmp_path), str(REPO)),
+        ],
+        check=True,
+        timeout=900,
+    )
+    (wheel,) = tmp_path.glob("surety-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert top == {"surety", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
+    for expected in ("surety/cli.py", "surety/kernels/__init__.py", "surety/kernels/reference.py"):
+        assert expected in names
+    assert "surety/kernels/libsurety_kernels.so" in names
+    assert not any(name.startswith("surety/__init__") for name in names)  # a namespace root
+    assert not any("/src/" in name or name.endswith((".cc", ".h")) for name in names)
+
+
+#: Run from the repository root, where a folder named `kernels/` lies on the import path (''):
+#: Hugging Face's package must still be the `kernels` that transformers gets.
+BESIDE_HUGGING_FACE = """
+import sys, tempfile
+import numpy as np, onnxruntime as ort, torch
+from onnx import TensorProto, helper
+import transformers
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import kernels
+assert hasattr(kernels, "get_kernel"), kernels.__file__
+
+config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+torch.manual_seed(0)
+with tempfile.TemporaryDirectory() as folder:
+    LlamaForCausalLM(config).save_pretrained(folder)
+    model = LlamaForCausalLM.from_pretrained(folder).eval()
+with torch.no_grad():
+    logits = model(torch.tensor([[1, 2, 3]])).logits
+assert logits.shape == (1, 3, 32)
+
+from surety import kernels as ours
+from surety.kernels import reference
+options = ort.SessionOptions()
+options.register_custom_ops_library(ours.library_path())
+node = helper.make_node("TwoPassSoftmax", ["X"], ["Y"], domain=ours.DOMAIN)
+graph = helper.make_graph([node], "softmax",
+    [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 5])],
+    [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 5])])
+model_proto = helper.make_model(graph, opset_imports=[
+    helper.make_opsetid("", 18), helper.make_opsetid(ours.DOMAIN, ours.OPSET_VERSION)])
+session = ort.InferenceSession(model_proto.SerializeToString(), options,
+                               providers=["CPUExecutionProvider"])
+x = np.linspace(-3, 3, 10, dtype=np.float32).reshape(2, 5)
+(y,) = session.run(None, {"X": x})
+np.testing.assert_allclose(y, reference.two_pass_softmax(x)[0], rtol=1e-6, atol=1e-7)
+print("hf-kernels", kernels.__file__, "transformers", transformers.__version__,
+      "surety.kernels", ours.isa())
+"""
+
+
+@pytest.mark.slow  # imports torch and transformers in a process of its own (~10 s)
+def test_hugging_face_kernels_and_ours_load_in_one_process(tmp_path):
+    """Hugging Face's `kernels` comes with transformers ≥ 5.25 (then it is in the lock); where
+    it does not, it is installed into a throwaway folder put first on the import path."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    try:
+        importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        target = tmp_path / "hf-kernels"
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--target", str(target), "kernels"],
+            check=True,
+            timeout=600,
+        )
+        env["PYTHONPATH"] = str(target)
+    result = subprocess.run(
+        [sys.executable, "-c", BESIDE_HUGGING_FACE],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    hf_kernels = Path(result.stdout.split()[1]).resolve()
+    assert not hf_kernels.is_relative_to(REPO / "kernels"), hf_kernels
