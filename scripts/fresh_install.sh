@@ -67,7 +67,7 @@ locked = {norm(n): v for n, v in locked.items()}
 moved = sorted(
     (norm(d.metadata["Name"]), locked.get(norm(d.metadata["Name"]), "(not locked)"), d.version)
     for d in distributions()
-    if locked.get(norm(d.metadata["Name"])) != d.version and norm(d.metadata["Name"]) != "surety"
+    if locked.get(norm(d.metadata["Name"])) != d.version and norm(d.metadata["Name"]) != "surety-serving"
 )
 print(f"fresh: {len(moved)} packages differ from requirements/full.lock:")
 for name, old, new in moved:

@@ -1,4 +1,5 @@
-"""Surety's import names are its own: one root, `surety`, that no other distribution provides,
+"""Surety's import names are its own: one root, `surety_serving`, that no other distribution
+provides,
 resolving into this checkout; a wheel with nothing else at its top level; and Hugging Face's
 `kernels` (which transformers ≥ 5.25 imports) living beside it in one process.
 
@@ -26,27 +27,32 @@ OUR_NAMES = {path.split("/")[0] for path in PACKAGES} | {"tests"}
 
 
 def test_the_wheel_maps_everything_under_one_root():
-    assert {path.split("/")[0] for path in PACKAGES} == {"surety"}
+    assert {path.split("/")[0] for path in PACKAGES} == {"surety_serving"}
 
 
 @pytest.mark.parametrize("name", sorted(OUR_NAMES))
 def test_no_other_installed_distribution_provides_our_import_names(name):
-    providers = set(importlib.metadata.packages_distributions().get(name, ())) - {"surety"}
+    providers = set(importlib.metadata.packages_distributions().get(name, ())) - {"surety-serving"}
     assert not providers, f"{name!r} is also installed by {sorted(providers)}"
 
 
 def test_the_root_resolves_into_the_checkout():
-    surety = importlib.import_module("surety")
-    portions = {Path(p).resolve() for p in surety.__path__}
-    assert {REPO / "service" / "surety", REPO / "kernels" / "surety"} <= portions
-    for module in ("surety.cli", "surety.main", "surety.kernels", "surety.kernels.reference"):
+    root = importlib.import_module("surety_serving")
+    portions = {Path(p).resolve() for p in root.__path__}
+    assert {REPO / "service" / "surety_serving", REPO / "kernels" / "surety_serving"} <= portions
+    for module in (
+        "surety_serving.cli",
+        "surety_serving.main",
+        "surety_serving.kernels",
+        "surety_serving.kernels.reference",
+    ):
         file = Path(importlib.import_module(module).__file__ or "").resolve()
         assert file.is_relative_to(REPO), (module, file)
 
 
 def test_the_folders_on_the_import_path_hold_no_other_name():
     """The editable install puts service/ and kernels/ on sys.path (each holds a portion of the
-    `surety` namespace): any other Python package or module there would be a new top-level
+    `surety_serving` namespace): any other Python package or module there would be a new top-level
     name, importable by everyone."""
     for folder in {REPO / source.split("/")[0] for source in PACKAGES.values()}:
         names = {
@@ -54,7 +60,7 @@ def test_the_folders_on_the_import_path_hold_no_other_name():
             for entry in folder.iterdir()
             if entry.suffix == ".py" or (entry.is_dir() and any(entry.rglob("*.py")))
         }
-        assert names == {"surety"}, (folder, names)
+        assert names == {"surety_serving"}, (folder, names)
 
 
 @pytest.mark.slow  # builds the wheel: the kernels compile in build/wheel-check (incremental)
@@ -68,14 +74,21 @@ def test_the_built_wheel_has_one_top_level_name(tmp_path):
         check=True,
         timeout=900,
     )
-    (wheel,) = tmp_path.glob("surety-*.whl")
+    (wheel,) = tmp_path.glob("surety_serving-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
-    assert top == {"surety", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
-    for expected in ("surety/cli.py", "surety/kernels/__init__.py", "surety/kernels/reference.py"):
+    assert top == {
+        "surety_serving",
+        f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info",
+    }
+    for expected in (
+        "surety_serving/cli.py",
+        "surety_serving/kernels/__init__.py",
+        "surety_serving/kernels/reference.py",
+    ):
         assert expected in names
-    assert "surety/kernels/libsurety_kernels.so" in names
-    assert not any(name.startswith("surety/__init__") for name in names)  # a namespace root
+    assert "surety_serving/kernels/libsurety_kernels.so" in names
+    assert not any(name.startswith("surety_serving/__init__") for name in names)  # a namespace root
     assert not any("/src/" in name or name.endswith((".cc", ".h")) for name in names)
 
 
@@ -101,8 +114,8 @@ with torch.no_grad():
     logits = model(torch.tensor([[1, 2, 3]])).logits
 assert logits.shape == (1, 3, 32)
 
-from surety import kernels as ours
-from surety.kernels import reference
+from surety_serving import kernels as ours
+from surety_serving.kernels import reference
 options = ort.SessionOptions()
 options.register_custom_ops_library(ours.library_path())
 node = helper.make_node("TwoPassSoftmax", ["X"], ["Y"], domain=ours.DOMAIN)
@@ -117,7 +130,7 @@ x = np.linspace(-3, 3, 10, dtype=np.float32).reshape(2, 5)
 (y,) = session.run(None, {"X": x})
 np.testing.assert_allclose(y, reference.two_pass_softmax(x)[0], rtol=1e-6, atol=1e-7)
 print("hf-kernels", kernels.__file__, "transformers", transformers.__version__,
-      "surety.kernels", ours.isa())
+      "surety_serving.kernels", ours.isa())
 """
 
 
