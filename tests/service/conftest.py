@@ -16,8 +16,8 @@ from surety.models import digits
 from surety.runtime.config import load_config
 from surety.runtime.session import OnnxSession
 from surety.settings import Settings
+from surety_kit.server import running_server
 from tests.service import textmodel
-from tests.service.helpers import running_server
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,9 @@ import orjson
 import pytest
 
 from surety.settings import Settings
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import image_request, running_server
 
 TIMEOUT_S = 0.5
 BUDGET = 100_000

@@ -16,8 +16,9 @@ from pydantic import SecretStr
 
 import surety.main
 from surety.settings import Settings
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import image_request, running_server
 
 KEY = "k-fast-3e1"
 AUTH = {"Authorization": f"Bearer {KEY}"}

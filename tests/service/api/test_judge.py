@@ -20,8 +20,8 @@ from surety.judge.prompt import encode_prompts, load_tokenizer
 from surety.runtime.config import load_config
 from surety.runtime.session import session_options
 from surety.settings import Settings
+from surety_kit.server import running_server
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import running_server
 from tests.service.judge.tinylm import build_tiny_llama
 
 JUDGE = "tiny-judge"

@@ -13,8 +13,9 @@ from fastapi.routing import APIRoute
 from surety.api import ROUTERS
 from surety.api.fast import INFERENCE_PATH
 from surety.settings import Settings
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import image_request, running_server
 
 INFERENCE_ROUTES = {"infer", "score", "uncertainty", "judge"}
 

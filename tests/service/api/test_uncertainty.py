@@ -16,7 +16,9 @@ from surety.runtime.config import load_config
 from surety.runtime.repository import load_uncertainty
 from surety.settings import Settings
 from surety.uncertainty.served import UNCERTAINTY_OUTPUTS
-from tests.service.helpers import image_request, run_direct, running_server
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
+from tests.service.helpers import run_direct
 
 SCORE = ["probabilities", "predicted_index", "predicted_label"]
 

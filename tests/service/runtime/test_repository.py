@@ -13,7 +13,8 @@ import pytest
 from surety.errors import ConfigError
 from surety.runtime.repository import load_repository
 from surety.settings import Settings
-from tests.service.helpers import image_request, running_server
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
 
 
 @pytest.fixture(scope="module")
