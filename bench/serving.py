@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from surety.runtime.config import load_config
-from surety.runtime.session import OnnxSession
-from surety.settings import Settings
+from surety_serving.runtime.config import load_config
+from surety_serving.runtime.session import OnnxSession
+from surety_serving.settings import Settings
 from surety_kit.metrics import scrape
 from surety_kit.payloads import digit_images, digits_requests
 from surety_kit.server import LOOPBACK, serve
@@ -166,7 +166,7 @@ def repository_path(given: Path | None) -> Path:
     """The given repository, or the digits model built into a temporary one."""
     if given is not None:
         return given
-    from surety.models import digits
+    from surety_serving.models import digits
 
     root = Path(tempfile.mkdtemp(prefix="surety-bench-"))
     digits.build(root / MODEL, progress=False)

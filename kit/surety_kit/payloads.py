@@ -72,7 +72,7 @@ def fortune_texts(*, prepare: bool = False) -> tuple[str, ...]:
     """The fortunes test split, shuffled with seed 0: prepared first when ``prepare``; else
     when already prepared here, or :data:`SAMPLE_TEXTS` in its place."""
     # Imported here: the service package is only needed for the real corpus.
-    from surety.data.fortunes import default_cache_dir, prepare_fortunes, read_jsonl
+    from surety_serving.data.fortunes import default_cache_dir, prepare_fortunes, read_jsonl
 
     if prepare:
         split = prepare_fortunes(log=lambda _: None).test

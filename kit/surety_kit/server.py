@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from surety_kit.wire import Endpoint
 
 if TYPE_CHECKING:
-    from surety.settings import Settings
+    from surety_serving.settings import Settings
 
 LOOPBACK = "127.0.0.1"
 READY_PATH = "/v2/health/ready"
@@ -170,9 +170,9 @@ def started(
 
 def surety_command(*args: str | Path, executable: Path | None = None) -> list[str]:
     """The ``surety`` CLI with ``args``: ``executable`` when given, else the running
-    virtualenv's console script, else ``python -m surety.cli``."""
+    virtualenv's console script, else ``python -m surety_serving.cli``."""
     script = executable or Path(sys.executable).with_name("surety")
-    program = [str(script)] if script.exists() else [sys.executable, "-m", "surety.cli"]
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "surety_serving.cli"]
     return [*program, *map(str, args)]
 
 
@@ -207,7 +207,7 @@ def running_server(settings: Settings, timeout: float = 60.0) -> Iterator[str]:
     In the caller's process: for tests that reach into the server, or need no process of its
     own. Load that measures latency belongs in another process (the GIL is shared).
     """
-    from surety.server import build_server
+    from surety_serving.server import build_server
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

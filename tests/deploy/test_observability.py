@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
-from surety.metrics import Metrics
+from surety_serving.metrics import Metrics
 from surety_kit.server import serve
 from tests.deploy.prometheus import (
     DEPLOY_TOOLS,
@@ -102,7 +102,7 @@ def test_scrape_config_targets_the_compose_service():
 
 
 def test_recording_rules_use_only_metrics_the_server_exports():
-    """Every metric a rule reads is one service/surety/metrics.py registers (a renamed metric would
+    """Every metric a rule reads is one service/surety_serving/metrics.py registers (a renamed metric would
     otherwise leave a rule, and its panel, silently empty)."""
     exported = exported_series_names()
     for name, expr in recording_rules().items():
@@ -368,7 +368,7 @@ def served_repository(tmp_path_factory) -> tuple[Path, str, str]:
         "\n*** model_repository/ is not built: building digits and the tiny text model for "
         "the observability test (run `make run` once to use the default models) ***"
     )
-    from surety.models import digits
+    from surety_serving.models import digits
     from tests.service import textmodel
 
     work = tmp_path_factory.mktemp("observability_models")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surety.runtime.session import OnnxSession
+from surety_serving.runtime.session import OnnxSession
 
 
 def run_direct(

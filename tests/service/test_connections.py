@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from surety.settings import Settings
+from surety_serving.settings import Settings
 from surety_kit.payloads import image_request
 from surety_kit.server import running_server
 from tests.service.api.test_metrics import scrape, value

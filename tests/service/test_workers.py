@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from surety import settings as settings_module
-from surety.cli import parser
-from surety.metrics import cpu_seconds
-from surety.settings import Settings
+from surety_serving import settings as settings_module
+from surety_serving.cli import parser
+from surety_serving.metrics import cpu_seconds
+from surety_serving.settings import Settings
 from surety_kit.metrics import scrape
 from surety_kit.payloads import image_request
 from surety_kit.server import free_port, serve
