@@ -80,7 +80,16 @@ fresh:
 fresh-newest:
 	scripts/fresh_install.sh --newest
 
-setup build: $(INSTALLED)
+# The kit (kit/surety_kit: server start-up, ports, readiness, payloads, HTTP helpers), shared by
+# tests/, bench/ and load_tests/: importable in .venv through a .pth file naming kit/, as the
+# editable install names service/ and kernels/; never in the wheel (docs/development.md).
+KIT := $(VENV)/.kit
+
+$(KIT): $(INSTALLED)
+	$(PY) -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "surety_kit.pth").write_text(sys.argv[1] + "\n")' "$(CURDIR)/kit"
+	touch $@
+
+setup build: $(INSTALLED) $(KIT)
 
 # The default models (digits, fortune-topics, stsb-judge): build-defaults builds the entries that are missing,
 # so a new default model joins an existing repository, and skips built ones in about a second

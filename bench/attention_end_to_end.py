@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-import orjson
 from serving import server
 
+from surety_kit.payloads import oip_body, text_tensor
 from surety_serving import kernels
 from surety_serving.kernels.reference import ESTIMATORS
 from surety_serving.optimize.options import OptimizeOptions, SparseOptions
@@ -150,9 +150,7 @@ def score_p50(port: int, texts: list[str]) -> float:
     """Median seconds of batch-1 JSON /score requests, one client."""
     times = []
     for text in texts:
-        body = orjson.dumps(
-            {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
-        )
+        body = oip_body(text_tensor([text]))
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v2/models/{MODEL}/score",
             body,

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-from serving import Figures, free_port, load, requests, server, wait_ready
-from sklearn.datasets import load_digits
+from serving import Figures, load, requests, server
+
+from surety_kit.server import LOOPBACK, free_port, wait_ready
 
 
 @contextmanager
@@ -38,7 +38,7 @@ def container(image: str) -> Iterator[tuple[int, float]]:
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
     try:
-        wait_ready(port)
+        wait_ready(f"http://{LOOPBACK}:{port}", timeout=90)
         yield port, time.monotonic() - started
     finally:
         subprocess.run(["docker", "stop", "-t", "30", name], check=False, capture_output=True)
@@ -64,7 +64,6 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
 
-    images = load_digits().data.astype(np.float32)
     single: dict[str, list[Figures]] = {"bare": [], "container": []}
     many: dict[str, list[Figures]] = {"bare": [], "container": []}
     cold: list[float] = []
@@ -73,7 +72,7 @@ def main() -> None:
             with served(kind, args.image, args.model_repository) as (port, ready_s):
                 if ready_s is not None:
                     cold.append(ready_s)
-                payloads = requests(images, f"127.0.0.1:{port}")
+                payloads = requests(port)
                 single[kind].append(load(port, payloads, 1, args.seconds / 2))
                 many[kind].append(load(port, payloads, args.clients, args.seconds))
 

@@ -25,16 +25,14 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-from serving import free_port, wait_ready
 
+from surety_kit.server import serve
 from surety_serving.judge.correlation import correlate
 from surety_serving.judge.extract import layer_logits
 from surety_serving.judge.fit import METHODS, StsbSample, stsb_sample
@@ -221,17 +219,11 @@ def speed(entry: Path, prompts: int, repository: Path) -> None:
 
 def concurrent_judge(repository: Path, rows: list[dict[str, str]], clients: int) -> float:
     """Prompts per second that ``surety serve`` answers on /judge to ``clients`` clients."""
-    port = free_port()
-    env = {**os.environ, "SURETY_LOG_LEVEL": "warning"}
-    command = [str(Path(sys.executable).parent / "surety"), "serve", "--port", str(port),
-               "--model-repository", str(repository)]  # fmt: skip
-    server = subprocess.Popen(command, env=env)
-    try:
-        wait_ready(port, server, f"/v2/models/{NAME}/ready", timeout=300)
+    with serve(repository, path=f"/v2/models/{NAME}/ready", timeout=300) as server:
 
         async def main() -> float:
             queue = list(rows)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=300) as http:
+            async with httpx.AsyncClient(base_url=server.url, timeout=300) as http:
 
                 async def client() -> None:
                     while queue:
@@ -246,9 +238,6 @@ def concurrent_judge(repository: Path, rows: list[dict[str, str]], clients: int)
                 return len(rows) / (time.perf_counter() - started)
 
         return asyncio.run(main())
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 def main() -> None:

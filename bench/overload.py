@@ -26,23 +26,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from loadgen import (
-    DIGITS,
-    FORTUNE_TOPICS,
-    ClosedLoop,
-    Load,
-    Report,
-    Run,
-    add_server_arguments,
-    fmt_counts,
-    fmt_ms,
-    model_requests,
-    print_run,
-    require_models,
-    run,
-    settle,
-    surety_server,
-)
+from loadgen import add_server_arguments, require_models
+from loadgen_drivers import ClosedLoop, Load, run
+from loadgen_report import Report, Run, fmt_counts, fmt_ms, print_run
+
+from surety_kit.metrics import settle
+from surety_kit.payloads import DIGITS, FORTUNE_TOPICS, model_requests
+from surety_kit.server import serve
 
 TARGET_GOODPUT = 0.80
 TARGET_REJECTION_P99_MS = 50.0
@@ -127,7 +117,7 @@ def main() -> None:
 
     rows: list[Row] = []
     phases: list[dict[str, Any]] = []
-    with surety_server(args.model_repository, executable=args.surety) as server:
+    with serve(args.model_repository, executable=args.surety, timeout=180) as server:
         endpoint = server.endpoint
         payloads = {m: model_requests(endpoint, m, timeout_ms=args.timeout_ms) for m in args.models}
 
@@ -137,7 +127,7 @@ def main() -> None:
             )
             print_run(result, f"{title} ({args.duration:g} s, load average {load_average()})")
             phases.append({"title": title, **result.summary()})
-            settle(endpoint)
+            settle(endpoint.url)
             return result
 
         def closed(model: str, clients: int, ignore: bool = False) -> ClosedLoop:

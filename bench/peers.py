@@ -54,10 +54,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import orjson
-from serving import free_port, wait_ready
-from sklearn.datasets import load_digits
 from text_serving import test_split
 
+from surety_kit import server as kit
+from surety_kit.payloads import digit_images, digits_tensor, oip_body, text_tensor
 from surety_serving import kernels
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.decoders import TextDecoder, build_decoders
@@ -138,14 +138,8 @@ def reference(entry: Path, feeds: list[dict[str, np.ndarray]], output: str) -> l
 
 def digits_workload(entry: Path) -> Workload:
     """Batch-1 v2 JSON infers of 64 real digits; parity on the logits."""
-    images = load_digits().data.astype(np.float32)[:64]
-    payloads = [
-        orjson.dumps(
-            {"inputs": [{"name": "image", "shape": [1, 64], "datatype": "FP32", "data": image}]},
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
-        for image in images
-    ]
+    images = digit_images()[:64]
+    payloads = [oip_body(digits_tensor(image)) for image in images]
     expected = reference(entry, [{"image": i[None, :]} for i in images[:PARITY]], "logits")
     return Workload("digits", "infer", payloads, expected, "logits", cpu_target_ms=0.15)
 
@@ -154,12 +148,7 @@ def text_workload(entry: Path) -> Workload:
     """Batch-1 ``/score`` bodies of held-out texts; parity on the probabilities of the feeds
     Surety's own text decoder makes."""
     texts = test_split(entry)[0][:TEXTS]
-    payloads = [
-        orjson.dumps(
-            {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
-        )
-        for text in texts
-    ]
+    payloads = [oip_body(text_tensor([text])) for text in texts]
     config = load_config(entry / "config.yaml")
     (decoder,) = build_decoders(config, entry / "1").values()
     assert isinstance(decoder, TextDecoder)
@@ -207,15 +196,14 @@ def started(
     name: str, model: Path, workload: Workload, workers: int = 1
 ) -> Iterator[tuple[int, int]]:
     """Start the named server (Surety with ``workers`` processes); yields (port, pid)."""
-    port = free_port()
-    env = {**os.environ, "PEER_MODEL": str(model / "1" / "model.onnx"),
+    port = kit.free_port()
+    env = {"PEER_MODEL": str(model / "1" / "model.onnx"),
            "PEER_LIBRARY": kernels.library_path(), "PEER_MODEL_NAME": workload.model,
            "PEER_PORT": str(port), "SURETY_LOG_LEVEL": "warning"}  # fmt: skip
-    bin_ = Path(sys.executable).parent
     if name.startswith("surety"):
         env["SURETY_BATCHING"] = "true" if "on" in name else "false"
-        command = [str(bin_ / "surety"), "serve", "--port", str(port), "--workers", str(workers),
-                   "--model-repository", str(model.parent)]  # fmt: skip
+        command = kit.surety_command("serve", "--port", str(port), "--workers", str(workers),
+                                     "--model-repository", model.parent)  # fmt: skip
     elif name == "floor":
         env.update(workload.floor_env)
         command = [sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS), "floor:app",
@@ -223,13 +211,8 @@ def started(
                    "--no-access-log"]  # fmt: skip
     else:
         command = [str(kserve_python()), str(PEERS / "kserve_app.py")]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    try:
-        wait_ready(port, process, "/v2/health/ready")
-        yield port, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with kit.started(command, port, env=env, quiet=True, timeout=90, stop_timeout=30) as server:
+        yield port, server.pid
 
 
 def served(port: int, workload: Workload, body: bytes) -> np.ndarray:

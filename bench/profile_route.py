@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,9 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-from serving import MODEL, free_port, load, repository_path, requests, wait_ready
-from sklearn.datasets import load_digits
+from serving import MODEL, load, repository_path, requests
+
+from surety_kit.server import serve
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
@@ -87,16 +86,11 @@ def main() -> None:
     parser.add_argument("--batching", choices=("on", "off"), default="on")
     args = parser.parse_args()
     repository = repository_path(args.model_repository)
-    payloads = requests(load_digits().data.astype(np.float32), "127.0.0.1")
-    port = free_port()
-    env = {**os.environ, "SURETY_BATCHING": str(args.batching == "on").lower(),
-           "SURETY_LOG_LEVEL": "warning", "SURETY_WORKERS": "1"}  # fmt: skip
-    command = [str(Path(sys.executable).parent / "surety"), "serve", "--port", str(port),
-               "--workers", "1", "--model-repository", str(repository)]  # fmt: skip
-    server = subprocess.Popen(command, env=env)
+    env = {"SURETY_BATCHING": str(args.batching == "on").lower(), "SURETY_WORKERS": "1"}
     raw = Path(tempfile.mkdtemp(prefix="surety-profile-")) / f"{MODEL}.txt"
-    try:
-        wait_ready(port, server)
+    with serve(repository, "--workers", "1", env=env, timeout=90, stop_timeout=30) as server:
+        port = server.port
+        payloads = requests(port)
         load(port, payloads, args.clients, 2.0)  # warm-up
         spy = profile(server.pid, args.seconds, args.rate, raw)
         time.sleep(1.0)  # py-spy attaches
@@ -109,9 +103,6 @@ def main() -> None:
         _, err = spy.communicate(timeout=120)
         if spy.returncode:
             raise SystemExit(f"py-spy failed: {err.decode()}")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     total, inclusive, own = shares(raw)
     print(f"{args.clients} client(s), {figures[0]:.0f} req/s, {total} samples at {args.rate} Hz")
     print(f"raw stacks: {raw}\n")

@@ -15,21 +15,13 @@ import os
 import socket
 from pathlib import Path
 
-import orjson
-from loadgen import surety_server
+import numpy as np
+
+from surety_kit.payloads import digits_tensor, oip_body
+from surety_kit.server import serve
+from surety_kit.wire import http_request
 
 HEALTH = "health check"
-
-
-def request(path: str, body: bytes | None = None, headers: str = "") -> bytes:
-    """A raw HTTP/1.1 request."""
-    if body is None:
-        return f"GET {path} HTTP/1.1\r\nHost: bench\r\n{headers}\r\n".encode()
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{headers}\r\n"
-    )
-    return head.encode() + body
 
 
 def exchange(sock: socket.socket, raw: bytes) -> int:
@@ -60,18 +52,17 @@ def main() -> None:
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--requests", type=int, default=3000, help="per kind")
     args = parser.parse_args()
-    row = [0.0] * 64
-    body = orjson.dumps({"inputs": [{"name": "image", "shape": [1, 64], "datatype": "FP32",
-                                     "data": row}]})  # fmt: skip
-    kinds = {
-        HEALTH: request("/v2/health/live"),
-        "digits /score (200)": request("/v2/models/digits/score", body),
-        "refused in the middleware (504)": request(
-            "/v2/models/digits/score", body, "Request-Timeout: 1e-9\r\n"
-        ),
-        "unknown model (404)": request("/v2/models/nope/score", body),
-    }
-    with surety_server(args.model_repository) as server:
+    body = oip_body(digits_tensor(np.zeros(64, np.float32)))
+    with serve(args.model_repository, timeout=180) as server:
+        at, score = server.endpoint, "/v2/models/digits/score"
+        kinds = {
+            HEALTH: http_request(at, "GET", "/v2/health/live"),
+            "digits /score (200)": http_request(at, "POST", score, body),
+            "refused in the middleware (504)": http_request(
+                at, "POST", score, body, {"Request-Timeout": "1e-9"}
+            ),
+            "unknown model (404)": http_request(at, "POST", "/v2/models/nope/score", body),
+        }
         pid = server.pid
         sock = socket.create_connection((server.endpoint.host, server.endpoint.port))
         costs = {}

@@ -21,27 +21,24 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
-from sklearn.datasets import load_digits
 
+from surety_kit.metrics import scrape
+from surety_kit.payloads import digit_images, digits_requests
+from surety_kit.server import LOOPBACK, serve
+from surety_kit.wire import Endpoint, read_response
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.session import OnnxSession
 from surety_serving.settings import Settings
 
 MODEL = "digits"
-PATH = f"/v2/models/{MODEL}/infer"
 
 
 @dataclass
@@ -74,18 +71,9 @@ class Figures:
         return float(np.percentile(self.latencies, q) * 1e3)
 
 
-def requests(images: np.ndarray, host: str) -> list[bytes]:
-    """Pre-built HTTP requests: batch-1 JSON infers of real digits."""
-    built = []
-    for image in images[:64]:
-        tensor = {"name": "image", "shape": [1, 64], "datatype": "FP32", "data": image}
-        body = orjson.dumps({"inputs": [tensor]}, option=orjson.OPT_SERIALIZE_NUMPY)
-        head = (
-            f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        built.append(head.encode() + body)
-    return built
+def requests(port: int) -> list[bytes]:
+    """Pre-built HTTP requests: batch-1 JSON infers of 64 real digits."""
+    return digits_requests(Endpoint(LOOPBACK, port), count=64, route="infer")
 
 
 async def client(port: int, payloads: list[bytes], stop_at: float, out: list[float]) -> None:
@@ -95,13 +83,7 @@ async def client(port: int, payloads: list[bytes], stop_at: float, out: list[flo
     while time.perf_counter() < stop_at:
         started = time.perf_counter()
         writer.write(payloads[index % len(payloads)])
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        await reader.readexactly(length)
+        status = (await read_response(reader)).status
         if status != 200:
             raise RuntimeError(f"HTTP {status}")
         out.append(time.perf_counter() - started)
@@ -127,17 +109,19 @@ def load(port: int, payloads: list[bytes], clients: int, seconds: float) -> Figu
 
 def server_counters(port: int) -> tuple[float, float, float]:
     """Process CPU seconds, batched rows and ORT runs, from the server's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
-        text = response.read().decode()
-    values = dict.fromkeys(("process_cpu_seconds_total", "surety_batch_size_sum",
-                            "surety_batch_size_count"), 0.0)  # fmt: skip
-    for line in text.splitlines():
-        name = line.split("{")[0].split(" ")[0]
+    samples = scrape(f"http://{LOOPBACK}:{port}")
+
+    def total(name: str) -> float:
         # The repository may hold other models: batch figures are the benchmarked model's.
-        if name in values and (name.startswith("process") or f'model="{MODEL}"' in line):
-            values[name] = float(line.rsplit(" ", 1)[1])
-    return (values["process_cpu_seconds_total"], values["surety_batch_size_sum"],
-            values["surety_batch_size_count"])  # fmt: skip
+        return sum(
+            v for (n, labels), v in samples.items() if n == name and ("model", MODEL) in labels
+        )
+
+    return (
+        samples[("process_cpu_seconds_total", ())],
+        total("surety_batch_size_sum"),
+        total("surety_batch_size_count"),
+    )
 
 
 def measured(port: int, payloads: list[bytes], clients: int, seconds: float) -> Figures:
@@ -153,49 +137,12 @@ def measured(port: int, payloads: list[bytes], clients: int, seconds: float) -> 
     return figures
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(
-    port: int,
-    process: subprocess.Popen[bytes] | None = None,
-    path: str = "/v2/health/ready",
-    timeout: float = 90.0,
-) -> float:
-    """Poll ``path`` on loopback until it answers 200; seconds waited. RuntimeError when
-    ``timeout`` passes or ``process`` (the server, when the caller holds it) exits first."""
-    started = time.monotonic()
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
-                if r.status == 200:
-                    return time.monotonic() - started
-        except OSError:
-            pass
-        if time.monotonic() - started > timeout or (process and process.poll() is not None):
-            raise RuntimeError(f"no ready server on port {port} after {timeout:.0f} s")
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def server(repository: Path, batching: bool) -> Iterator[int]:
-    """A `surety serve` process; yields its port once ready."""
-    port = free_port()
-    env = {**os.environ, "SURETY_BATCHING": str(batching).lower(), "SURETY_LOG_LEVEL": "warning"}
-    command = [sys.executable, "-m", "surety_serving.cli", "serve", "--port", str(port),
-               "--model-repository", str(repository)]  # fmt: skip
-    process = subprocess.Popen(command, env=env)
-    try:
-        wait_ready(port, process)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    """A ``surety serve`` process, dynamic batching on or off; yields its port once ready."""
+    env = {"SURETY_BATCHING": str(batching).lower()}
+    with serve(repository, env=env, timeout=90, stop_timeout=30) as served:
+        yield served.port
 
 
 def direct_latency(repository: Path, images: np.ndarray, runs: int) -> Figures:
@@ -237,13 +184,13 @@ def main() -> None:
     args = parser.parse_args()
 
     repository = repository_path(args.model_repository)
-    images = load_digits().data.astype(np.float32)
+    images = digit_images()
     workers = Settings().workers()
     print(f"cores {os.cpu_count()}, inference workers {workers}, intra-op threads 1")
 
     direct = direct_latency(repository, images, args.latency_requests)
     with server(repository, batching=True) as port:
-        payloads = requests(images, f"127.0.0.1:{port}")
+        payloads = requests(port)
         serial = [load(port, payloads, 1, args.seconds / 2) for _ in range(args.rounds)]
     http = min(serial, key=lambda f: f.pct(50))
     print("\n== batch-1 latency (ms), one client ==")
@@ -256,7 +203,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for batching in (False, True):
             with server(repository, batching) as port:
-                payloads = requests(images, f"127.0.0.1:{port}")
+                payloads = requests(port)
                 results[batching].append(measured(port, payloads, args.clients, args.seconds))
 
     print(f"\n== {args.clients} concurrent clients, batch-1 infers, {args.rounds} rounds ==")

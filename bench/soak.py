@@ -26,32 +26,29 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from loadgen import (
-    DIGITS,
-    FORTUNE_TOPICS,
-    ClosedLoop,
-    Load,
-    OpenLoop,
-    Report,
-    Run,
-    add_server_arguments,
-    fmt_counts,
-    fmt_ms,
-    model_requests,
-    print_run,
-    require_models,
-    rss_bytes,
-    run,
-    settle,
-    surety_server,
-)
+from loadgen import add_server_arguments, require_models
+from loadgen_drivers import ClosedLoop, Load, OpenLoop, run
+from loadgen_report import Report, Run, fmt_counts, fmt_ms, print_run
+
+from surety_kit.metrics import settle
+from surety_kit.payloads import DIGITS, FORTUNE_TOPICS, model_requests
+from surety_kit.server import serve
 
 MODELS = (DIGITS, FORTUNE_TOPICS)
 TARGET_RSS_GROWTH = 0.05
 MIB = 1024 * 1024
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 @dataclass
@@ -149,7 +146,7 @@ def main() -> None:
     figures: dict[str, Any] = {"argv": sys.argv[1:]}
     print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (before the server)")
 
-    with surety_server(args.model_repository, executable=args.surety) as server:
+    with serve(args.model_repository, executable=args.surety, timeout=180) as server:
         endpoint = server.endpoint
         payloads = {m: model_requests(endpoint, m, timeout_ms=args.timeout_ms) for m in MODELS}
 
@@ -173,7 +170,7 @@ def main() -> None:
             print_run(result, f"capacity: {args.capacity_clients} clients per model, at once")
             capacity |= {m: result.loads[m].goodput for m in missing}
             figures["capacity_run"] = result.summary()
-            settle(endpoint)
+            settle(endpoint.url)
         figures["capacity_per_s"] = capacity
         print("capacity (200/s): " + ", ".join(f"{m} {capacity[m]:.1f}" for m in MODELS))
 
@@ -184,14 +181,14 @@ def main() -> None:
         finally:
             sampler.stop()
         print_run(soak, f"soak: {args.fraction:g}x capacity, {args.duration:g} s")
-        settle(endpoint)
+        settle(endpoint.url)
 
         steps: list[tuple[float, Run]] = []
         for multiple in args.steps:
             result = run(endpoint, open_loads(multiple), duration=args.step_seconds, warmup=3.0)
             print_run(result, f"step: {multiple:g}x capacity, {args.step_seconds:g} s")
             steps.append((multiple, result))
-            settle(endpoint)
+            settle(endpoint.url)
 
     warm_t, warm_rss = sampler.at(args.rss_warmup)
     end_t, end_rss = sampler.samples[-1]

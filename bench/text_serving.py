@@ -31,6 +31,9 @@ import orjson
 import yaml
 from serving import Figures, load, measured, server
 
+from surety_kit.payloads import oip_body, text_tensor
+from surety_kit.server import LOOPBACK
+from surety_kit.wire import Endpoint, http_request
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.decoders import TextDecoder, build_decoders
 from surety_serving.runtime.session import OnnxSession
@@ -38,6 +41,7 @@ from surety_serving.runtime.types import Tensor
 
 MODEL = "fortune-topics"
 PATH = f"/v2/models/{MODEL}/score"
+OUTPUTS = ["predicted_label"]
 
 
 def test_split(entry: Path) -> tuple[list[str], list[str], float]:
@@ -72,18 +76,13 @@ def in_process(entry: Path, texts: list[str], batch: int, runs: int) -> tuple[fl
     return statistics.median(tokenize), statistics.median(infer)
 
 
-def payloads(texts: list[str], host: str) -> list[bytes]:
+def payloads(texts: list[str], port: int) -> list[bytes]:
     """Pre-built HTTP requests: batch-1 JSON /score of real test texts."""
-    built = []
-    for text in texts:
-        tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}
-        body = orjson.dumps({"inputs": [tensor], "outputs": [{"name": "predicted_label"}]})
-        head = (
-            f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        built.append(head.encode() + body)
-    return built
+    endpoint = Endpoint(LOOPBACK, port)
+    return [
+        http_request(endpoint, "POST", PATH, oip_body(text_tensor([text]), outputs=OUTPUTS))
+        for text in texts
+    ]
 
 
 def served_accuracy(port: int, texts: list[str], labels: list[str]) -> float:
@@ -91,13 +90,7 @@ def served_accuracy(port: int, texts: list[str], labels: list[str]) -> float:
     predicted: list[str] = []
     for start in range(0, len(texts), 32):
         chunk = texts[start : start + 32]
-        body = orjson.dumps(
-            {
-                "inputs": [{"name": "text", "shape": [len(chunk)], "datatype": "BYTES",
-                            "data": chunk}],
-                "outputs": [{"name": "predicted_label"}],
-            }
-        )  # fmt: skip
+        body = oip_body(text_tensor(chunk), outputs=OUTPUTS)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}{PATH}", body, {"Content-Type": "application/json"}
         )
@@ -147,7 +140,7 @@ def main() -> None:
 
     with server(args.model_repository, batching=True) as port:
         accuracy = served_accuracy(port, texts, labels)
-        built = payloads(texts, f"127.0.0.1:{port}")
+        built = payloads(texts, port)
         serial = [load(port, built, 1, args.seconds / 2) for _ in range(args.rounds)]
     http = min(serial, key=lambda f: f.pct(50))
     print("\n== batch-1 /score over HTTP (ms), one client ==")
@@ -159,7 +152,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for ratio in results:
                 with server(with_ratio(args.model_repository, ratio, Path(work)), True) as port:
-                    built = payloads(texts, f"127.0.0.1:{port}")
+                    built = payloads(texts, port)
                     results[ratio].append(measured(port, built, args.clients, args.seconds))
         shutil.rmtree(work, ignore_errors=True)
 

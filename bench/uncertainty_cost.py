@@ -16,39 +16,28 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-import orjson
 from serving import Figures, load, server
-from sklearn.datasets import load_digits
+
+from surety_kit.payloads import digit_images, digits_tensor, oip_body, text_tensor
+from surety_kit.server import LOOPBACK
+from surety_kit.wire import Endpoint, http_request
 
 
 def payloads(model: str, endpoint: str, bodies: list[bytes]) -> list[bytes]:
     """Raw HTTP/1.1 requests for the given JSON bodies."""
-    path = f"/v2/models/{model}/{endpoint}"
-    return [
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-        for body in bodies
-    ]
+    to = Endpoint(LOOPBACK, 80)  # the Host header only: the connection is the caller's
+    return [http_request(to, "POST", f"/v2/models/{model}/{endpoint}", body) for body in bodies]
 
 
 def digits_bodies() -> list[bytes]:
-    images = load_digits().data.astype(np.float32)[:64]
-    return [
-        orjson.dumps(
-            {"inputs": [{"name": "image", "shape": [1, 64], "datatype": "FP32", "data": image}]},
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
-        for image in images
-    ]
+    return [oip_body(digits_tensor(image)) for image in digit_images()[:64]]
 
 
 def fortune_bodies(entry: Path) -> list[bytes]:
     meta = json.loads((entry / "export.json").read_text())
     lines = Path(meta["data"]["splits"]["test"]).read_text().splitlines()[:64]
     texts = [json.loads(line)["text"] for line in lines]
-    tensors = [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]} for t in texts]
-    return [orjson.dumps({"inputs": [tensor]}) for tensor in tensors]
+    return [oip_body(text_tensor([text])) for text in texts]
 
 
 def percentile(figures: Figures, q: float) -> float:

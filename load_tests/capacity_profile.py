@@ -30,7 +30,8 @@ from typing import Any
 from capacity_steps import Plan, Report, Snapshot, measure
 from locust import FastHttpUser, LoadTestShape, constant, events, task
 from locust.env import Environment
-from surety_payloads import DIGITS, FORTUNE_TOPICS, JSON, digits_json, fortune_json
+
+from surety_kit.payloads import DIGITS, FORTUNE_TOPICS, JSON, digits_json, fortune_json
 
 log = logging.getLogger(__name__)
 

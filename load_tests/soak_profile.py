@@ -3,7 +3,7 @@
 Each user sends ``--user-rps`` (2) requests a second whatever the latency (paced, not closed
 loop, so a slow server does not lighten its own load): three in four to digits (batch-1 infer,
 score of 1-4 digits, batch-8 binary infer), one in four a /score of one real fortune text to
-fortune-topics (texts from surety_payloads.py). 16 users make 32 requests/s, about 3% of what
+fortune-topics (texts from surety_kit.payloads). 16 users make 32 requests/s, about 3% of what
 one 2-core replica sustains on digits and 15% on fortune-topics (docs/benchmarks.md): room to
 watch memory, latency and errors over time rather than capacity.
 
@@ -20,14 +20,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import surety_calls
 from locust import FastHttpUser, events, tag, task
 from locust.user.wait_time import constant_throughput
-from surety_payloads import (
+
+from surety_kit.payloads import (
     DIGITS,
     FORTUNE_TOPICS,
     JSON,
     RANDOM,
-    digits_binary,
     digits_json,
     fortune_json,
 )
@@ -70,24 +71,9 @@ class SoakUser(FastHttpUser):
     @tag("digits")
     @task(1)
     def digits_infer_binary(self) -> None:
-        body, headers = digits_binary(8)
-        # FastHttpSession sends bytes as they are; its annotation only names str and dict.
-        self.client.post(
-            f"/v2/models/{DIGITS}/infer",
-            data=body,  # type: ignore[arg-type]
-            headers=headers,
-            name="digits infer binary [8]",
-        )
+        surety_calls.infer_binary(self.client, DIGITS, 8, "digits infer binary [8]")
 
     @tag("text")
     @task(2)
     def fortune_score(self) -> None:
-        with self.client.post(
-            f"/v2/models/{FORTUNE_TOPICS}/score",
-            data=fortune_json(1),
-            headers=JSON,
-            name="fortune-topics score [1]",
-            catch_response=True,
-        ) as response:
-            if response.status_code == 200 and "predicted_label" not in response.text:
-                response.failure("no predicted_label in the score response")
+        surety_calls.score(self.client, FORTUNE_TOPICS, fortune_json(1), "fortune-topics score [1]")

@@ -1,6 +1,7 @@
 """Surety's import names are its own: one root, `surety_serving`, that no other distribution
 provides,
-resolving into this checkout; a wheel with nothing else at its top level; and Hugging Face's
+resolving into this checkout; a wheel with nothing else at its top level; the kit (`surety_kit`,
+for tests, benchmarks and load tests) in the checkout's virtualenv only; and Hugging Face's
 `kernels` (which transformers ≥ 5.25 imports) living beside it in one process.
 
 The collision these guard against: the op library's loader was once a top-level `kernels`
@@ -22,8 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 #: Wheel path → source folder, as the build maps them (pyproject.toml, tool.scikit-build).
 PACKAGES: dict[str, str] = PYPROJECT["tool"]["scikit-build"]["wheel"]["packages"]
-#: The top-level names the wheel installs, and the checkout's test package.
-OUR_NAMES = {path.split("/")[0] for path in PACKAGES} | {"tests"}
+#: The kit's folder: `make build` puts it on the virtualenv's import path (a .pth file), not the
+#: wheel.
+KIT = REPO / "kit"
+#: The top-level names the wheel installs, the checkout's test package, and the kit.
+OUR_NAMES = {path.split("/")[0] for path in PACKAGES} | {"tests", "surety_kit"}
 
 
 def test_the_wheel_maps_everything_under_one_root():
@@ -50,17 +54,29 @@ def test_the_root_resolves_into_the_checkout():
         assert file.is_relative_to(REPO), (module, file)
 
 
+def importable_names(folder: Path) -> set[str]:
+    """The top-level names a folder on sys.path provides."""
+    return {
+        entry.name.removesuffix(".py")
+        for entry in folder.iterdir()
+        if entry.suffix == ".py" or (entry.is_dir() and any(entry.rglob("*.py")))
+    }
+
+
 def test_the_folders_on_the_import_path_hold_no_other_name():
     """The editable install puts service/ and kernels/ on sys.path (each holds a portion of the
-    `surety_serving` namespace): any other Python package or module there would be a new top-level
-    name, importable by everyone."""
+    `surety_serving` namespace), and make build kit/: any other Python package or module there
+    would be
+    a new top-level name, importable by everyone."""
     for folder in {REPO / source.split("/")[0] for source in PACKAGES.values()}:
-        names = {
-            entry.name.removesuffix(".py")
-            for entry in folder.iterdir()
-            if entry.suffix == ".py" or (entry.is_dir() and any(entry.rglob("*.py")))
-        }
-        assert names == {"surety_serving"}, (folder, names)
+        assert importable_names(folder) == {"surety_serving"}, folder
+    assert importable_names(KIT) == {"surety_kit"}
+
+
+def test_the_kit_resolves_into_the_checkout_and_stays_out_of_the_wheel():
+    kit = importlib.import_module("surety_kit")
+    assert Path(kit.__file__ or "").resolve().is_relative_to(KIT), kit.__file__
+    assert not any(source.startswith("kit") for source in PACKAGES.values()), PACKAGES
 
 
 @pytest.mark.slow  # builds the wheel: the kernels compile in build/wheel-check (incremental)

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-import httpx
 import pytest
 
+from surety_kit import server as kit
 from tests.deploy.prometheus import in_ci
-from tests.service.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "docker"
@@ -194,7 +193,7 @@ def container(image: Built) -> Iterator[Container]:
     """The image run as users run it (host network here: the engine has no bridge), on a free
     loopback port; removed afterwards whatever the tests did to it."""
     name = f"surety-test-{uuid.uuid4().hex[:8]}"
-    port = free_port()
+    port = kit.free_port()
     url = f"http://127.0.0.1:{port}"
     created = time.monotonic()
     docker(
@@ -224,26 +223,21 @@ def container(image: Built) -> Iterator[Container]:
 
 
 def wait_ready(name: str, url: str, started: float) -> float:
-    """Poll readiness until 200; fail with the container's log if it exits or takes too long."""
-    checked = 0.0
-    with httpx.Client(timeout=1.0) as client:
-        while True:
-            now = time.monotonic()
-            try:
-                if client.get(f"{url}/v2/health/ready").status_code == 200:
-                    return time.monotonic() - started
-            except httpx.TransportError:
-                pass  # not listening yet
-            if now - started > READY_TIMEOUT_S:
-                pytest.fail(
-                    f"{name} not ready within {READY_TIMEOUT_S} s:\n{tail(logs(name))}",
-                    pytrace=False,
-                )
-            if now - checked > 1.0:
-                checked = now
-                state = docker("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
-                if state != "running":
-                    pytest.fail(
-                        f"{name} is {state} before ready:\n{tail(logs(name))}", pytrace=False
-                    )
-            time.sleep(0.05)
+    """Seconds from ``started`` until readiness answers 200; fail with the container's log if it
+    stops first or is not ready within READY_TIMEOUT_S of ``started``."""
+    checked, running = 0.0, True
+
+    def alive() -> bool:  # asks the engine at most once a second
+        nonlocal checked, running
+        if time.monotonic() - checked > 1.0:
+            checked = time.monotonic()
+            state = docker("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+            running = state == "running"
+        return running
+
+    left = READY_TIMEOUT_S - (time.monotonic() - started)
+    try:
+        kit.wait_ready(url, alive, timeout=left, log=lambda: logs(name))
+    except kit.NotReadyError as error:
+        pytest.fail(f"{name}: {error}", pytrace=False)
+    return time.monotonic() - started

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.service.helpers import free_port, stop_process
+from surety_kit.server import NotReadyError, free_port, stop_process, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -216,12 +216,15 @@ def running_prometheus(
         process = _start(config_file, workdir / "data", log, port)
         prometheus = Prometheus(f"http://127.0.0.1:{port}", process, log)
         try:
-            if _wait_ready(prometheus, timeout_s):
-                break
+            wait_ready(prometheus.url, process, path="/-/ready", timeout=timeout_s, log=log)
+            break
+        except NotReadyError:
+            if process.poll() is None:  # not the port: too slow
+                stop_process(process)
+                raise
         except BaseException:
             stop_process(process)
             raise
-        stop_process(process)
         if "address already in use" not in log.read_text(errors="replace"):
             raise RuntimeError(f"prometheus did not start:\n{log.read_text(errors='replace')}")
     else:
@@ -230,22 +233,3 @@ def running_prometheus(
         yield prometheus
     finally:
         stop_process(process)
-
-
-def _wait_ready(prometheus: Prometheus, timeout_s: float) -> bool:
-    """True once /-/ready answers 200; False if the process exited; TimeoutError past
-    ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while prometheus.alive():
-        try:
-            if httpx.get(f"{prometheus.url}/-/ready", timeout=1).status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"prometheus not ready within {timeout_s} s:\n"
-                f"{prometheus.log.read_text(errors='replace')}"
-            )
-        time.sleep(0.1)
-    return False

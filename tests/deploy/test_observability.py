@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
+from surety_kit.server import serve
 from surety_serving.metrics import Metrics
 from tests.deploy.prometheus import (
     DEPLOY_TOOLS,
@@ -40,7 +40,6 @@ from tests.deploy.prometheus import (
     running_prometheus,
     scrape_config,
 )
-from tests.service.helpers import free_port, stop_process, wait_ready
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -384,25 +383,12 @@ def served_repository(tmp_path_factory) -> tuple[Path, str, str]:
 def surety_server(repository: Path, workdir: Path) -> Iterator[str]:
     """`surety serve` as its own process on a free port of 127.0.0.1 (what Prometheus
     scrapes in production is a process, not an app in the test's thread); its URL once ready."""
-    port = free_port()
-    cli = Path(sys.executable).with_name("surety")
-    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "surety_serving.cli"]
-    log_path = workdir / "surety.log"
-    env = {**os.environ, "SURETY_LOG_LEVEL": "warning"}
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [*command, "serve", "--model-repository", str(repository),
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, server, log_path, timeout=120)
-        yield url
-    finally:
-        # SIGINT skips the drain window that SIGTERM keeps open for load balancers
-        # (SURETY_DRAIN_S, 5 s): nothing routes to this server but the test.
-        stop_process(server, signal.SIGINT, timeout=45)
+    # SIGINT skips the drain window that SIGTERM keeps open for load balancers
+    # (SURETY_DRAIN_S, 5 s): nothing routes to this server but the test.
+    with serve(
+        repository, log=workdir / "surety.log", stop_signal=signal.SIGINT, stop_timeout=45
+    ) as served:
+        yield served.url
 
 
 ROUNDS = 3

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
+from surety_kit.server import running_server
 from surety_serving.export.classifier import ExportResult
 from surety_serving.models import digits
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.session import OnnxSession
 from surety_serving.settings import Settings
 from tests.service import textmodel
-from tests.service.helpers import running_server
 
 
 @pytest.fixture(scope="session")

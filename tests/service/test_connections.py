@@ -11,9 +11,10 @@ import httpx
 import orjson
 import pytest
 
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
 from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import image_request, running_server
 
 TIMEOUT_S = 0.5
 BUDGET = 100_000

@@ -7,16 +7,16 @@ process, as in test_load_smoke.py.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.service.helpers import run_locust
 
 LOAD_TESTS = Path(__file__).resolve().parents[2] / "load_tests"
 
@@ -80,23 +80,15 @@ def run_capacity(
     server: str, tmp_path: Path, *options: str
 ) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
     """A headless capacity run; its JSON report and locust's CSV statistics by name."""
-    report, prefix = tmp_path / "capacity.json", tmp_path / "capacity"
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "locust", "-f", str(LOAD_TESTS / "capacity_profile.py")),
-            *("--headless", "-H", server, "--only-summary", "--csv", str(prefix)),
-            *("--step-users", "2", "--step-seconds", "2", "--max-users", "4"),
-            *("--capacity-json", str(report), *options),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    report = tmp_path / "capacity.json"
+    output, rows = run_locust(
+        LOAD_TESTS / "capacity_profile.py",
+        server,
+        tmp_path / "capacity",
+        *("--step-users", "2", "--step-seconds", "2", "--max-users", "4"),
+        *("--capacity-json", str(report), *options),
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "capacity: stopped:" in result.stdout
-    with (tmp_path / "capacity_stats.csv").open() as stats:
-        rows = {row["Name"]: row for row in csv.DictReader(stats)}
+    assert "capacity: stopped:" in output
     return json.loads(report.read_text()), rows
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
+from surety_kit.server import running_server
 from surety_serving.settings import Settings
-from tests.service.helpers import running_server
 
 LOADGEN = Path(__file__).resolve().parents[2] / "bench" / "loadgen.py"
 CLIENTS = 384

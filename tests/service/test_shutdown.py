@@ -3,17 +3,15 @@ requests are still served through the drain window, nothing in flight is lost, e
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.service.helpers import free_port, image_request, wait_ready
+from surety_kit.payloads import image_request
+from surety_kit.server import serve
 
 DRAIN_S = 2.0
 SHUTDOWN_TIMEOUT_S = 8.0
@@ -22,28 +20,11 @@ CLIENTS = 8
 
 @pytest.mark.slow
 def test_sigterm_drains_then_exits_0_without_losing_requests(repository, images, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "SURETY_DRAIN_S": str(DRAIN_S),
-        "SURETY_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
-        "SURETY_LOG_LEVEL": "warning",
-    }
+    env = {"SURETY_DRAIN_S": str(DRAIN_S), "SURETY_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S)}
     log_path = tmp_path / "server.log"
-    log = log_path.open("w")
-    command = [
-        sys.executable,
-        "-m",
-        "surety_serving.cli",
-        "serve",
-        "--model-repository",
-        str(repository),
-    ]
-    server = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=log)
-    try:
-        wait_ready(url, server, log_path)
-
+    # Killed on the way out only if the test failed before it stopped.
+    with serve(repository, env=env, log=log_path, stop_signal=signal.SIGKILL) as served:
+        url, server = served.url, served.process
         statuses: list[int] = []
         failures: list[str] = []
         stop = threading.Event()
@@ -78,15 +59,11 @@ def test_sigterm_drains_then_exits_0_without_losing_requests(repository, images,
             thread.join(timeout=30)
         exit_code = server.wait(timeout=SHUTDOWN_TIMEOUT_S + 5)
         stopped_after = time.monotonic() - signalled
-    finally:
-        if server.poll() is None:
-            server.kill()
-        log.close()
 
     assert failures == []
     assert set(statuses) == {200}
     assert served_in_drain > 0  # requests kept being served after the signal
     print(f"readiness 503 {not_ready_after * 1e3:.0f} ms after SIGTERM, exit {stopped_after:.1f} s")
     assert not_ready_after < 0.5
-    assert exit_code == 0, (tmp_path / "server.log").read_text()
+    assert exit_code == 0, log_path.read_text()
     assert DRAIN_S <= stopped_after < SHUTDOWN_TIMEOUT_S + 2

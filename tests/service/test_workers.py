@@ -3,23 +3,21 @@ request once across them, and SIGTERM drains the group to exit 0 in time."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from surety_kit.metrics import scrape
+from surety_kit.payloads import image_request
+from surety_kit.server import free_port, serve
 from surety_serving import settings as settings_module
 from surety_serving.cli import parser
 from surety_serving.metrics import cpu_seconds
 from surety_serving.settings import Settings
-from tests.service.helpers import free_port, image_request, wait_ready
 
 WORKERS = 2
 REQUESTS = 300
@@ -38,46 +36,29 @@ def worker_pids(pid: int) -> list[int]:
     ]
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = httpx.get(f"{url}/metrics", timeout=10)
-    assert response.status_code == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
 @pytest.mark.slow
 def test_two_workers_share_the_load_count_it_once_and_exit_0(repository, images, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
         "SURETY_DRAIN_S": str(DRAIN_S),
         "SURETY_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
-        "SURETY_LOG_LEVEL": "warning",
+        "PROMETHEUS_MULTIPROC_DIR": None,
     }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp_path / "server.log"
-    log = log_path.open("w")
-    command = [
-        sys.executable,
-        "-m",
-        "surety_serving.cli",
-        "serve",
-        "--model-repository",
-        str(repository),
-    ]
-    server = subprocess.Popen(
-        [*command, "--port", str(port), "--workers", str(WORKERS)], env=env, stdout=log, stderr=log
-    )
-    try:
-        # Ready once every worker has loaded the models: each answers readiness on its own.
-        model_ready = ("surety_model_ready", (("model", "digits"), ("version", "1")))
-        wait_ready(
-            url, server, log_path, timeout=90, also=lambda: bool(scrape(url).get(model_ready))
-        )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # Ready once every worker has loaded the models: each answers readiness on its own.
+    model_ready = ("surety_model_ready", (("model", "digits"), ("version", "1")))
+    with serve(
+        repository,
+        *("--workers", str(WORKERS)),
+        port=port,
+        env=env,
+        log=log_path,
+        timeout=90,
+        also=lambda: bool(scrape(url).get(model_ready)),
+        stop_signal=signal.SIGKILL,  # only if the test failed before it stopped the server
+    ) as served:
+        server = served.process
         workers = worker_pids(server.pid)
         assert len(workers) == WORKERS
         time.sleep(0.5)  # both have started listening (the second may have loaded later)
@@ -112,10 +93,6 @@ def test_two_workers_share_the_load_count_it_once_and_exit_0(repository, images,
         assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 503  # draining
         exit_code = server.wait(timeout=SHUTDOWN_TIMEOUT_S + 5)
         stopped_after = time.monotonic() - signalled
-    finally:
-        if server.poll() is None:
-            server.kill()
-        log.close()
 
     assert exit_code == 0, log_path.read_text()
     assert DRAIN_S <= stopped_after < SHUTDOWN_TIMEOUT_S + 2

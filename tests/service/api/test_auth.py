@@ -14,11 +14,12 @@ import pytest
 import tritonclient.http as triton_http
 from pydantic import SecretStr
 
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
 from surety_serving.api.security import KeyRing, load_keyring, read_digests
 from surety_serving.main import create_app
 from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import image_request, running_server
 
 KEYS = ("k-alpha-7f3e", "k-beta-19ac")
 FILE_KEY = "k-from-file-5d21"

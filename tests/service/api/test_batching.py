@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tests.service.helpers import image_request, run_direct
+from surety_kit.payloads import image_request
+from tests.service.helpers import run_direct
 
 CLIENTS = 32
 ROUNDS = 4

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from surety_kit.payloads import image_request
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import image_request
 
 
 @pytest.mark.parametrize("endpoint", ["infer", "score", "uncertainty"])

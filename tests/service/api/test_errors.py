@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.service.helpers import image_request
+from surety_kit.payloads import image_request
 
 ROW = [0.0] * 64
 

@@ -16,9 +16,10 @@ import pytest
 from pydantic import SecretStr
 
 import surety_serving.main
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
 from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import image_request, running_server
 
 KEY = "k-fast-3e1"
 AUTH = {"Authorization": f"Bearer {KEY}"}

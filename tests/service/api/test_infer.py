@@ -10,7 +10,8 @@ import orjson
 import pytest
 import tritonclient.http as triton_http
 
-from tests.service.helpers import image_request, run_direct
+from surety_kit.payloads import image_request
+from tests.service.helpers import run_direct
 
 
 def decode_binary(response) -> tuple[Any, bytes]:

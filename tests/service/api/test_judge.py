@@ -15,13 +15,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from surety_kit.server import running_server
 from surety_serving.export.judge import JudgePrompt, export_judge
 from surety_serving.judge.prompt import encode_prompts, load_tokenizer
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.session import session_options
 from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import running_server
 from tests.service.judge.tinylm import build_tiny_llama
 
 JUDGE = "tiny-judge"

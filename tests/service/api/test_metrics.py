@@ -7,7 +7,7 @@ import http.client
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.helpers import image_request
+from surety_kit.payloads import image_request
 
 
 def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

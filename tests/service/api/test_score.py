@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.service.helpers import image_request, run_direct
+from surety_kit.payloads import image_request
+from tests.service.helpers import run_direct
 
 
 def outputs(body: dict[str, Any]) -> dict[str, Any]:

@@ -10,11 +10,12 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
 from surety_serving.api import ROUTERS
 from surety_serving.api.fast import INFERENCE_PATH
 from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
-from tests.service.helpers import image_request, running_server
 
 INFERENCE_ROUTES = {"infer", "score", "uncertainty", "judge"}
 

@@ -12,11 +12,13 @@ import httpx
 import numpy as np
 import pytest
 
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.repository import load_uncertainty
 from surety_serving.settings import Settings
 from surety_serving.uncertainty.served import UNCERTAINTY_OUTPUTS
-from tests.service.helpers import image_request, run_direct, running_server
+from tests.service.helpers import run_direct
 
 SCORE = ["probabilities", "predicted_index", "predicted_label"]
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from surety_kit.payloads import image_request
+from surety_kit.server import running_server
 from surety_serving.errors import ConfigError
 from surety_serving.runtime.repository import load_repository
 from surety_serving.settings import Settings
-from tests.service.helpers import image_request, running_server
 
 
 @pytest.fixture(scope="module")
