@@ -1,6 +1,5 @@
 """Surety's import names are its own: one root, `surety_serving`, that no other distribution
-provides,
-resolving into this checkout; a wheel with nothing else at its top level; the kit (`surety_kit`,
+provides, resolving into this checkout; a wheel with nothing else at its top level; the kit (`surety_kit`,
 for tests, benchmarks and load tests) in the checkout's virtualenv only; and Hugging Face's
 `kernels` (which transformers ≥ 5.25 imports) living beside it in one process.
 
@@ -66,8 +65,7 @@ def importable_names(folder: Path) -> set[str]:
 def test_the_folders_on_the_import_path_hold_no_other_name():
     """The editable install puts service/ and kernels/ on sys.path (each holds a portion of the
     `surety_serving` namespace), and make build kit/: any other Python package or module there
-    would be
-    a new top-level name, importable by everyone."""
+    would be a new top-level name, importable by everyone."""
     for folder in {REPO / source.split("/")[0] for source in PACKAGES.values()}:
         assert importable_names(folder) == {"surety_serving"}, folder
     assert importable_names(KIT) == {"surety_kit"}
