@@ -1,6 +1,7 @@
 """Surety's import names are its own: one root, `surety_serving`, that no other distribution
-provides, resolving into this checkout; a wheel with nothing else at its top level; the kit (`surety_kit`,
-for tests, benchmarks and load tests) in the checkout's virtualenv only; and Hugging Face's
+provides, resolving into this checkout; a wheel with nothing else at its top level; the kit
+(`surety_kit`, for tests, benchmarks and load tests) in the checkout's virtualenv only; and
+Hugging Face's
 `kernels` (which transformers ≥ 5.25 imports) living beside it in one process.
 
 The collision these guard against: the op library's loader was once a top-level `kernels`
