@@ -14,13 +14,15 @@ from typing import Any
 import numpy as np
 
 from surety.uncertainty.activation import KernelScaledSoftmax
+
+# Re-exported: the calibration report tooling in bench/ reads the folder name from here.
+from surety.uncertainty.artifacts import ARTIFACT_DIR as ARTIFACT_DIR
 from surety.uncertainty.base import FeatureSet
 from surety.uncertainty.evaluation import expected_calibration_error
 from surety.uncertainty.features import OfflineModel, feature_set
 from surety.uncertainty.ood import candidates, select
 from surety.uncertainty.sdm import SDM
 
-ARTIFACT_DIR = "uncertainty"
 REPORT_FILE = "report.json"
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from surety.uncertainty.calibrate import ARTIFACT_DIR
+from surety.uncertainty.artifacts import ARTIFACT_DIR
 from surety.uncertainty.ood import ServedOOD
 from surety.uncertainty.sdm import SDM
 
