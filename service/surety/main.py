@@ -12,15 +12,15 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from threadpoolctl import threadpool_limits
 
-from surety.api import ROUTERS
+from surety.api import routers
+from surety.api.errors import ALL_ERRORS
 from surety.api.failures import error_response
-from surety.api.fast import InferenceFastPath
+from surety.api.fast import InferenceFastPath, inference_path
 from surety.api.middleware import RequestMiddleware
 from surety.api.openapi import SuretyAPI, serve_docs
 from surety.api.responses import OrjsonResponse
 from surety.api.security import guards, load_keyring
 from surety.api.uploads import UploadBudget
-from surety.errors import ERRORS
 from surety.metrics import Metrics
 from surety.runtime.dataplane import DataPlane
 from surety.runtime.repository import load_repository
@@ -53,17 +53,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     keyring = load_keyring(settings)
     access_guards = guards(settings, keyring)
-    for router, access in ROUTERS:
+    for router, access in routers():
         guard = access_guards[access]
         app.include_router(router, dependencies=guard.dependencies, responses=guard.responses)
     serve_docs(app)
-    for exc_type in (*ERRORS, HTTPException, Exception):
+    for exc_type in (*ALL_ERRORS, HTTPException, Exception):
         app.add_exception_handler(exc_type, error_response)
     app.add_middleware(
         RequestMiddleware,
         metrics=metrics,
         retry_after_s=settings.retry_after_s,
         pace_early_retries=settings.pace_early_retries,
+        inference_path=inference_path(),
         fast_path=InferenceFastPath(keyring),
     )
     return app

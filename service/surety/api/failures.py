@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import Request, Response
 
-from surety.errors import handle_error, spec_for
+from surety.api.errors import handle_error, spec_for
 from surety.metrics import Metrics
 from surety.runtime.dataplane import DataPlane
 from surety.settings import Settings

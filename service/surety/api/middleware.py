@@ -22,17 +22,11 @@ from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from surety.api.fast import INFERENCE_PATH, InferenceFastPath
+from surety.api.errors import handle_error, spec_for
+from surety.api.fast import InferenceFastPath
 from surety.api.inference import REQUEST_TIMEOUT, header_timeout
 from surety.api.pacing import RetryPacer
-from surety.errors import (
-    DeadlineExceededError,
-    DrainingError,
-    InvalidInputError,
-    QueueFullError,
-    handle_error,
-    spec_for,
-)
+from surety.errors import DeadlineExceededError, DrainingError, InvalidInputError, QueueFullError
 from surety.metrics import Metrics
 
 REQUEST_ID = b"x-request-id"
@@ -52,9 +46,11 @@ class RequestMiddleware:
         metrics: Metrics,
         retry_after_s: int,
         pace_early_retries: bool,
+        inference_path: re.Pattern[str],
         fast_path: InferenceFastPath | None,
     ) -> None:
         self.app = app
+        self.inference_path = inference_path
         self.fast_path = fast_path
         self.metrics = metrics
         self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -77,7 +73,7 @@ class RequestMiddleware:
                 message["headers"] = [*message.get("headers", ()), (REQUEST_ID, request_id)]
             await send(message)
 
-        path = _inference_path(scope)
+        path = self._inference_path(scope)
         refusal = self._refusal(scope, path) if path is not None else None
         try:
             if path is not None and refusal is None and self.fast_path is not None:
@@ -133,6 +129,11 @@ class RequestMiddleware:
             return exc
         return None
 
+    def _inference_path(self, scope: Scope) -> re.Match[str] | None:
+        if scope["method"] != "POST":
+            return None
+        return self.inference_path.fullmatch(scope["path"])
+
     @classmethod
     def _labels(cls, scope: Scope) -> tuple[str, str]:
         """Route name and model, bounded: unknown paths and model names collapse to one value."""
@@ -147,12 +148,6 @@ class RequestMiddleware:
         if model and (plane is None or not plane.is_known(model)):
             return UNKNOWN_MODEL
         return model
-
-
-def _inference_path(scope: Scope) -> re.Match[str] | None:
-    if scope["method"] != "POST":
-        return None
-    return INFERENCE_PATH.fullmatch(scope["path"])
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

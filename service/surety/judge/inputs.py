@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from surety.errors import ConfigError, InvalidInputError
 from surety.judge.prompt import (
@@ -20,9 +21,11 @@ from surety.judge.prompt import (
     encode_prompts,
     load_tokenizer,
 )
-from surety.runtime.config import JudgeSpec
 from surety.runtime.decoders import Decoded, request_texts
 from surety.runtime.types import Parameters, Tensor
+
+if TYPE_CHECKING:
+    from surety.tasks.judge import JudgeSpec
 
 
 class JudgeInputs:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from surety.runtime.config import load_config
-from surety.runtime.repository import load_uncertainty
 from surety.settings import Settings
+from surety.tasks.classifier import load_uncertainty
 from surety.uncertainty.served import UNCERTAINTY_OUTPUTS
 from tests.service.helpers import image_request, run_direct, running_server
 
