@@ -32,27 +32,23 @@ def router() -> APIRouter:
 
 def _add(router: APIRouter, endpoint: Endpoint) -> None:
     name = endpoint.name
-    common = {
-        "name": name,
-        "response_model": InferenceResponse,
-        "responses": inference_responses(NOT_SERVED, *endpoint.statuses),
-        "openapi_extra": INFERENCE_OPENAPI,
-        "tags": list(endpoint.tags),
-    }
-    router.add_api_route(
-        f"/{name}",
-        _latest(name),
-        methods=["POST"],
-        description=endpoint.description,
-        **common,  # type: ignore[arg-type]
+    responses = inference_responses(NOT_SERVED, *endpoint.statuses)
+    routes = (
+        (f"/{name}", _latest(name), endpoint.description),
+        (f"/versions/{{version}}/{name}", _versioned(name), endpoint.version_description),
     )
-    router.add_api_route(
-        f"/versions/{{version}}/{name}",
-        _versioned(name),
-        methods=["POST"],
-        description=endpoint.version_description,
-        **common,  # type: ignore[arg-type]
-    )
+    for path, handler, description in routes:
+        router.add_api_route(
+            path,
+            handler,
+            methods=["POST"],
+            name=name,
+            description=description,
+            response_model=InferenceResponse,
+            responses=responses,
+            openapi_extra=INFERENCE_OPENAPI,
+            tags=list(endpoint.tags),
+        )
 
 
 def _latest(endpoint: str) -> Callable[..., Awaitable[Response]]:

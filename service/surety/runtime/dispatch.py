@@ -32,7 +32,7 @@ class Dispatch:
     def __init__(self, models: Models, admission: Admission, metrics: Metrics) -> None:
         self._models = models
         self._admission = admission
-        self._metrics = metrics
+        self.metrics = metrics
 
     async def infer(
         self, model: str, version: int | None, request: InferRequest, deadline: float
@@ -114,7 +114,7 @@ class RequestCall:
 
     @property
     def metrics(self) -> Metrics:
-        return self.dispatch._metrics
+        return self.dispatch.metrics
 
     async def run(self, options: Options | None = None) -> tuple[Feeds, Parameters]:
         return await self.dispatch.run(self.target, self.request, options or {}, self.deadline)

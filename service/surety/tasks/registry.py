@@ -45,9 +45,10 @@ def get_task(name: str) -> Task:
 
 
 def tasks() -> tuple[Task, ...]:
-    """Every registered task, in registration order."""
+    """Every registered task: the built-ins in ``BUILTIN``'s order (whichever module was
+    imported first), then the others in registration order."""
     _load_builtins()
-    return tuple(_tasks.values())
+    return tuple(sorted(_tasks.values(), key=_rank))
 
 
 def endpoints() -> dict[str, Endpoint]:
@@ -92,6 +93,11 @@ def _register(task: Task) -> Task:
     _tasks[task.name] = task
     config_adapter.cache_clear()
     return task
+
+
+def _rank(task: Task) -> int:
+    module = type(task).__module__
+    return BUILTIN.index(module) if module in BUILTIN else len(BUILTIN)
 
 
 def _load_builtins() -> None:
