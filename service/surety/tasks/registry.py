@@ -8,6 +8,7 @@ no import of the modules behind a task (``surety.judge``, ``surety.uncertainty``
 from __future__ import annotations
 
 import importlib
+import re
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 #: Modules of the tasks that ship with Surety; each calls ``register_task`` on import.
 BUILTIN = ("surety.tasks.classifier", "surety.tasks.judge")
+#: An endpoint's name is the last segment of its path.
+ENDPOINT_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 #: Endpoint names no task may take: OIP's own.
 RESERVED = frozenset({"infer", "ready", "versions"})
 
@@ -81,6 +84,10 @@ def _register(task: Task) -> Task:
     if existing is not None and type(existing) is not type(task):
         raise ValueError(f"task '{task.name}' is registered already")
     for endpoint in task.endpoints:
+        if not ENDPOINT_NAME.fullmatch(endpoint.name):
+            raise ValueError(
+                f"task '{task.name}': endpoint '{endpoint.name}' is not a path segment"
+            )
         if endpoint.name in RESERVED:
             raise ValueError(f"task '{task.name}': endpoint '{endpoint.name}' is reserved")
         for other in _tasks.values():

@@ -209,3 +209,38 @@ def test_it_is_documented_and_advertised(echo_client):
         assert {"200", "400", "404", "409", "429", "503", "504"} <= set(operation["responses"])
     assert "echo" in echo_client.get("/v2").json()["extensions"]
     assert echo_client.get(f"/v2/models/{MODEL}/ready").json() == {"name": MODEL, "ready": True}
+
+
+class Clash(EchoTask):
+    name = "clash"
+    endpoints = (Endpoint("score", "another score", "another score, versioned"),)
+
+
+class Reserved(EchoTask):
+    name = "reserved"
+    endpoints = (Endpoint("ready", "ready", "ready"),)
+
+
+class Unroutable(EchoTask):
+    name = "unroutable"
+    endpoints = (Endpoint("a/b", "a path", "a path"),)
+
+
+class Impostor(EchoTask):
+    name = "classifier"
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        (Clash(), "endpoint 'score' differs from task 'classifier''s"),
+        (Reserved(), "endpoint 'ready' is reserved"),
+        (Unroutable(), "endpoint 'a/b' is not a path segment"),
+        (Impostor(), "task 'classifier' is registered already"),
+    ],
+)
+def test_the_registry_refuses_clashes(task, message):
+    with pytest.raises(ValueError, match=message):
+        registry.register_task(task)
+    assert [t.name for t in registry.tasks()][:2] == ["classifier", "judge"]
+    assert registry.get_task("classifier").__class__.__name__ == "ClassifierTask"
