@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from surety.cli import (
+from surety_serving.cli import (
     COMMANDS,
     DEFAULT_MODELS,
     DEFAULTS_FORMAT,
@@ -21,7 +21,10 @@ from surety.cli import (
 
 def test_every_command_has_help():
     result = subprocess.run(
-        [sys.executable, "-m", "surety.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "surety_serving.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for command in COMMANDS:
         assert command.name in result.stdout

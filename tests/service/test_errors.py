@@ -11,8 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from surety import errors
-from surety.api.errors import handle_error
+from surety_serving import errors
+from surety_serving.api.errors import handle_error
 
 CASES = [
     (errors.InvalidInputError("input 'x' is bad"), 400, False, "input 'x' is bad"),
@@ -61,7 +61,7 @@ def test_shedding_errors_name_their_rejection_reason():
 
 def test_the_domain_errors_know_nothing_of_http():
     code = (
-        "import sys, surety.errors; "
+        "import sys, surety_serving.errors; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

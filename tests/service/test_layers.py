@@ -11,11 +11,11 @@ import pytest
 SERVICE = Path(__file__).resolve().parents[2] / "service" / "surety"
 #: What neither the runtime nor the HTTP layer may import (the tasks import them).
 FORBIDDEN = (
-    "surety.judge",
-    "surety.uncertainty",
-    "surety.export",
-    "surety.tasks.classifier",
-    "surety.tasks.judge",
+    "surety_serving.judge",
+    "surety_serving.uncertainty",
+    "surety_serving.export",
+    "surety_serving.tasks.classifier",
+    "surety_serving.tasks.judge",
 )
 
 
@@ -42,4 +42,6 @@ def test_the_layer_imports_no_model_kind_and_no_offline_code(layer):
 
 
 def test_the_served_uncertainty_does_not_load_the_calibration_cli():
-    assert "surety.uncertainty.calibrate" not in imports(SERVICE / "uncertainty" / "served.py")
+    assert "surety_serving.uncertainty.calibrate" not in imports(
+        SERVICE / "uncertainty" / "served.py"
+    )

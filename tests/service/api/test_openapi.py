@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from surety.api.errors import ALL_ERRORS
+from surety_serving.api.errors import ALL_ERRORS
 
 INFERENCE_ROUTES = [
     f"/v2/models/{{model}}{version}/{route}"

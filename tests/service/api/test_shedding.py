@@ -10,9 +10,9 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from surety.api import routers
-from surety.api.fast import inference_path
-from surety.settings import Settings
+from surety_serving.api import routers
+from surety_serving.api.fast import inference_path
+from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import image_request, running_server
 

@@ -1,6 +1,6 @@
 """A model kind added from outside: a task defined in this file only, registered through the
 public registry, served by the real server to a real client: its endpoint, the 409s on both
-sides, its metrics and its routes in /openapi.json. Nothing in surety.runtime or surety.api
+sides, its metrics and its routes in /openapi.json. Nothing in surety_serving.runtime or surety_serving.api
 knows of it."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
-from surety.runtime.config import ModelConfig, Strict
-from surety.runtime.decoders import Decoded, decode_tensor
-from surety.runtime.session import OnnxSession
-from surety.runtime.types import InferResponse, Tensor
-from surety.settings import Settings
-from surety.tasks import registry
-from surety.tasks.base import Call, Endpoint, Options, ServedModel, Task
+from surety_serving.runtime.config import ModelConfig, Strict
+from surety_serving.runtime.decoders import Decoded, decode_tensor
+from surety_serving.runtime.session import OnnxSession
+from surety_serving.runtime.types import InferResponse, Tensor
+from surety_serving.settings import Settings
+from surety_serving.tasks import registry
+from surety_serving.tasks.base import Call, Endpoint, Options, ServedModel, Task
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import image_request, running_server
 

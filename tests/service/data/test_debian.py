@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from surety.data.debian import STAMP_NAME, DebianError, download_packages, read_stamp
+from surety_serving.data.debian import STAMP_NAME, DebianError, download_packages, read_stamp
 
 
 def _no_apt(monkeypatch: pytest.MonkeyPatch) -> None:

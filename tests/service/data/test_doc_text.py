@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from surety.data import doc_text, fortunes
-from surety.data.debian import STAMP_NAME
-from surety.data.doc_text import (
+from surety_serving.data import doc_text, fortunes
+from surety_serving.data.debian import STAMP_NAME
+from surety_serving.data.doc_text import (
     keep_paragraph,
     prepare_doc_text,
     roff_paragraphs,
@@ -20,7 +20,7 @@ from surety.data.doc_text import (
     sample_paragraphs,
     text_paragraphs,
 )
-from surety.data.fortunes import read_jsonl
+from surety_serving.data.fortunes import read_jsonl
 
 # --------------------------------------------------------------------------------------------
 # Paragraph filter

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from surety.data import fortunes
-from surety.data.fortunes import (
+from surety_serving.data import fortunes
+from surety_serving.data.fortunes import (
     Example,
     FortunesError,
     load_topics,

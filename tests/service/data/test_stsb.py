@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surety.data import stsb
-from surety.data.stsb import (
+from surety_serving.data import stsb
+from surety_serving.data.stsb import (
     StsbError,
     StsbPair,
     bytes_to_unicode,

@@ -17,11 +17,11 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from surety import kernels
-from surety.cli import parser
-from surety.data.fortunes import Example, read_jsonl, write_jsonl
-from surety.export import classifier
-from surety.export.classifier import (
+from surety_serving import kernels
+from surety_serving.cli import parser
+from surety_serving.data.fortunes import Example, read_jsonl, write_jsonl
+from surety_serving.export import classifier
+from surety_serving.export.classifier import (
     TOKEN_OUTPUT,
     ExportResult,
     FineTuning,
@@ -29,7 +29,7 @@ from surety.export.classifier import (
     export_classifier,
     read_export_metadata,
 )
-from surety.export.encoder import (
+from surety_serving.export.encoder import (
     EncodedBatch,
     build_pooled_classifier,
     default_encoder_dir,
@@ -37,8 +37,8 @@ from surety.export.encoder import (
     load_tokenizer,
     mean_pool,
 )
-from surety.models.torch_threads import one_torch_thread
-from surety.runtime.config import load_config
+from surety_serving.models.torch_threads import one_torch_thread
+from surety_serving.runtime.config import load_config
 
 LAYERS = 3
 HIDDEN = 32

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from surety.runtime import admission
-from surety.runtime.admission import BurstAllowance
+from surety_serving.runtime import admission
+from surety_serving.runtime.admission import BurstAllowance
 
 
 def test_a_burst_takes_the_allowance_then_meets_the_limit():

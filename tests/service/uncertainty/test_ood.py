@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from surety.uncertainty.base import ArtifactError, FeatureSet
-from surety.uncertainty.ood import (
+from surety_serving.uncertainty.base import ArtifactError, FeatureSet
+from surety_serving.uncertainty.ood import (
     RULE_BEST,
     RULE_FALLBACK,
     CandidateSpec,

