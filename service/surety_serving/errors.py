@@ -1,22 +1,15 @@
-"""Domain exceptions and the one table that maps them to HTTP.
+"""Domain exceptions and the one table that says how each is answered.
 
-Domain code raises these and knows nothing of HTTP; `handle_error` turns any exception into
-``{"error": message}`` with the status from `ERRORS`.
+Domain code raises these and knows nothing of HTTP; ``surety_serving.api.errors.handle_error`` turns
+any exception into ``{"error": message}`` with the status from `ERRORS` (plus the few errors
+that only the HTTP stack raises).
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import orjson
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from pydantic import ValidationError
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-
-log = logging.getLogger(__name__)
+from typing import Any, Protocol
 
 
 class SuretyError(Exception):
@@ -75,8 +68,8 @@ class NotCalibratedError(SuretyError):
     """The model version has no fitted uncertainty artifacts (run `surety calibrate`)."""
 
 
-class NotAJudgeError(SuretyError):
-    """The model is not an LLM judge (``task: judge``): /judge has nothing to answer with."""
+class EndpointNotServedError(SuretyError):
+    """The model's task does not serve this endpoint (e.g. /judge on a classifier)."""
 
 
 class ConfigError(SuretyError):
@@ -95,10 +88,9 @@ class ErrorSpec:
 
 ERRORS: dict[type[Exception], ErrorSpec] = {
     InvalidInputError: ErrorSpec(400),
-    RequestValidationError: ErrorSpec(400),
     ModelNotFoundError: ErrorSpec(404),
     NotCalibratedError: ErrorSpec(409),
-    NotAJudgeError: ErrorSpec(409),
+    EndpointNotServedError: ErrorSpec(409),
     RequestTooLargeError: ErrorSpec(413, reject_reason="too_large"),
     RequestTimeoutError: ErrorSpec(408),
     QueueFullError: ErrorSpec(429, retry_after=True, reject_reason="queue_full"),
@@ -109,52 +101,35 @@ ERRORS: dict[type[Exception], ErrorSpec] = {
     DeadlineExceededError: ErrorSpec(504, reject_reason="deadline"),
     # nginx's "client closed request": counted as its own outcome, never logged as a failure.
     ClientDisconnectedError: ErrorSpec(499),
-    ClientDisconnect: ErrorSpec(499),
     InferenceFailedError: ErrorSpec(500),
 }
 INTERNAL = ErrorSpec(500)
 
 
 def spec_for(exc: Exception) -> ErrorSpec:
-    """The table entry of the exception's closest listed class (HTTPException keeps its code)."""
-    if isinstance(exc, HTTPException):
-        return ErrorSpec(exc.status_code)
+    """The table entry of the exception's closest listed class."""
     for cls in type(exc).__mro__:
         if cls in ERRORS:
             return ERRORS[cls]
     return INTERNAL
 
 
-def describe_validation(exc: ValidationError | RequestValidationError) -> str:
-    """'invalid request: inputs[0].shape: Input should be a valid list' from pydantic errors."""
+class Located(Protocol):
+    """pydantic's ValidationError, and FastAPI's RequestValidationError alike."""
+
+    def errors(self) -> Sequence[Any]: ...
+
+
+def describe_validation(exc: Located, drop: object = None) -> str:
+    """'invalid request: inputs[0].shape: Input should be a valid list' from pydantic errors;
+    a first location equal to ``drop`` (a discriminated union's tag) is left out."""
     parts = []
     for error in exc.errors():
         location = ""
-        for item in error["loc"]:
+        loc = list(error["loc"])
+        if drop is not None and loc and loc[0] == drop:
+            loc = loc[1:]
+        for item in loc:
             location += f"[{item}]" if isinstance(item, int) else f".{item}" if location else item
         parts.append(f"{location or 'body'}: {error['msg']}")
     return "invalid request: " + "; ".join(parts)
-
-
-def message_for(exc: Exception, spec: ErrorSpec) -> str:
-    """The client-facing message; internal errors never expose their details."""
-    if isinstance(exc, RequestValidationError):
-        return describe_validation(exc)
-    if isinstance(exc, HTTPException):
-        return str(exc.detail)
-    if spec is INTERNAL:
-        return "internal server error"
-    return str(exc)
-
-
-def handle_error(request: Request, exc: Exception, retry_after_s: int) -> Response:
-    """Build the ``{"error": ...}`` response for any exception raised while serving a request."""
-    spec = spec_for(exc)
-    if spec.status == 500:  # a fault of ours; refusals (503, 504) are expected under load
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    # An HTTPException's own headers (a 401's WWW-Authenticate challenge) go out with it.
-    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
-    if spec.retry_after:
-        headers["Retry-After"] = str(retry_after_s)
-    body = orjson.dumps({"error": message_for(exc, spec)})
-    return Response(body, spec.status, headers=headers, media_type="application/json")

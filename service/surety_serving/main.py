@@ -12,15 +12,15 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from threadpoolctl import threadpool_limits
 
-from surety_serving.api import ROUTERS
+from surety_serving.api import routers
+from surety_serving.api.errors import ALL_ERRORS
 from surety_serving.api.failures import error_response
-from surety_serving.api.fast import InferenceFastPath
+from surety_serving.api.fast import InferenceFastPath, inference_path
 from surety_serving.api.middleware import RequestMiddleware
 from surety_serving.api.openapi import SuretyAPI, serve_docs
 from surety_serving.api.responses import OrjsonResponse
 from surety_serving.api.security import guards, load_keyring
 from surety_serving.api.uploads import UploadBudget
-from surety_serving.errors import ERRORS
 from surety_serving.metrics import Metrics
 from surety_serving.runtime.dataplane import DataPlane
 from surety_serving.runtime.repository import load_repository
@@ -53,17 +53,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     keyring = load_keyring(settings)
     access_guards = guards(settings, keyring)
-    for router, access in ROUTERS:
+    for router, access in routers():
         guard = access_guards[access]
         app.include_router(router, dependencies=guard.dependencies, responses=guard.responses)
     serve_docs(app)
-    for exc_type in (*ERRORS, HTTPException, Exception):
+    for exc_type in (*ALL_ERRORS, HTTPException, Exception):
         app.add_exception_handler(exc_type, error_response)
     app.add_middleware(
         RequestMiddleware,
         metrics=metrics,
         retry_after_s=settings.retry_after_s,
         pace_early_retries=settings.pace_early_retries,
+        inference_path=inference_path(),
         fast_path=InferenceFastPath(keyring),
     )
     return app

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from fastapi.routing import APIRoute
 
-from surety_serving.api import ROUTERS
+from surety_serving.api import routers
 from surety_serving.api.security import Access
 from surety_serving.cli import DEFAULT_MODELS
 from surety_serving.main import create_app
@@ -287,7 +287,7 @@ def open_get_routes() -> tuple[set[str], set[str]]:
     every = {path for path, operations in document["paths"].items() if "get" in operations}
     open_paths = {
         route.path
-        for router, access in ROUTERS
+        for router, access in routers()
         if access in (Access.OPEN, Access.METRICS)
         for route in router.routes
         if isinstance(route, APIRoute)

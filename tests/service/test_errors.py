@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import orjson
 import pytest
 from fastapi.exceptions import RequestValidationError
@@ -9,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from surety_serving import errors
+from surety_serving.api.errors import handle_error
 
 CASES = [
     (errors.InvalidInputError("input 'x' is bad"), 400, False, "input 'x' is bad"),
@@ -35,7 +39,7 @@ def request() -> Request:
 
 @pytest.mark.parametrize(("exc", "status", "retry", "fragment"), CASES)
 def test_every_error_maps_to_its_status_and_body(exc, status, retry, fragment):
-    response = errors.handle_error(request(), exc, retry_after_s=3)
+    response = handle_error(request(), exc, retry_after_s=3)
     assert response.status_code == status
     assert (response.headers.get("retry-after") == "3") is retry
     body = orjson.loads(response.body)
@@ -44,7 +48,7 @@ def test_every_error_maps_to_its_status_and_body(exc, status, retry, fragment):
 
 
 def test_internal_errors_hide_their_details():
-    response = errors.handle_error(request(), RuntimeError("secret detail"), retry_after_s=1)
+    response = handle_error(request(), RuntimeError("secret detail"), retry_after_s=1)
     assert b"secret" not in response.body
 
 
@@ -53,3 +57,12 @@ def test_shedding_errors_name_their_rejection_reason():
     assert reasons["QueueFullError"] == "queue_full"
     assert reasons["RequestTooLargeError"] == "too_large"
     assert reasons["ModelNotReadyError"] == "not_ready"
+
+
+def test_the_domain_errors_know_nothing_of_http():
+    code = (
+        "import sys, surety_serving.errors; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

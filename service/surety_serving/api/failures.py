@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import Request, Response
 
-from surety_serving.errors import handle_error, spec_for
+from surety_serving.api.errors import handle_error, spec_for
 from surety_serving.metrics import Metrics
 from surety_serving.runtime.dataplane import DataPlane
 from surety_serving.settings import Settings

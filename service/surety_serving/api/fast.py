@@ -1,6 +1,6 @@
 """The inference routes without the framework's per-request machinery.
 
-``POST /v2/models/{model}[/versions/{version}]/{infer,score,uncertainty,judge}`` are most of the
+``POST /v2/models/{model}[/versions/{version}]/{infer,<task endpoints>}`` are most of the
 traffic, and their handlers need none of what FastAPI does per request: the body is read raw,
 the path has two parameters the middleware has already matched, and the only dependency is the
 key check. Profiled at batch 1 (docs/benchmarks.md, Fast path), routing through the route table,
@@ -23,19 +23,22 @@ from surety_serving.api.failures import error_response
 from surety_serving.api.inference import handle_inference
 from surety_serving.api.security import KeyRing
 from surety_serving.runtime.dataplane import DataPlane
+from surety_serving.tasks import registry
 
-#: The inference endpoints by their route name, which is also the data plane's method.
-ENDPOINTS = ("infer", "score", "uncertainty", "judge")
-#: Their paths, with and without a version; tests/service/api/test_shedding.py checks that
-#: this matches the routes' paths and nothing else.
-INFERENCE_PATH = re.compile(
-    r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[0-9]+))?"
-    rf"/(?P<endpoint>{'|'.join(ENDPOINTS)})"
-)
+
+def inference_path() -> re.Pattern[str]:
+    """The paths of ``infer`` and the registered task endpoints, with and without a version;
+    tests/service/api/test_shedding.py checks that this matches the routes' paths and nothing
+    else."""
+    names = ("infer", *registry.endpoints())
+    return re.compile(
+        r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[0-9]+))?"
+        rf"/(?P<endpoint>{'|'.join(map(re.escape, names))})"
+    )
 
 
 class InferenceFastPath:
-    """Serve a matched inference request as its route would."""
+    """Serve a matched inference request (``inference_path``) as its route would."""
 
     def __init__(self, keyring: KeyRing | None) -> None:
         self.keyring = keyring
@@ -43,7 +46,7 @@ class InferenceFastPath:
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, path: re.Match[str]
     ) -> None:
-        """Answer one request whose path matched ``INFERENCE_PATH``."""
+        """Answer one request whose path matched ``inference_path()``."""
         model, version = path["model"], path["version"]
         # Read by the exception handler and the metrics, as a routed request's would be.
         scope["path_params"] = {"model": model, **({"version": version} if version else {})}
@@ -52,7 +55,7 @@ class InferenceFastPath:
             if self.keyring is not None:
                 await self.keyring.authenticate(request)
             plane: DataPlane = scope["state"]["dataplane"]
-            method = getattr(plane, path["endpoint"])
+            method = plane.method(path["endpoint"])
             response = await handle_inference(
                 request, plane, method, model, int(version) if version else None
             )

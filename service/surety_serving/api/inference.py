@@ -1,4 +1,4 @@
-"""The request path shared by the inference routes (infer, score, uncertainty).
+"""The request path shared by the inference routes (infer and the task endpoints).
 
 In order, so that the cheap refusals come before the costly work: the deadline from the
 ``Request-Timeout`` header, admission (unknown model, draining, a queue that cannot finish in
@@ -12,18 +12,15 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import Awaitable, Callable
 
 from fastapi import Request, Response
 
 from surety_serving.api.uploads import UploadHold
 from surety_serving.errors import InvalidInputError, RequestTimeoutError, RequestTooLargeError
 from surety_serving.protocol.codec import HEADER_LENGTH, decode_request, encode_response
-from surety_serving.runtime.dataplane import DataPlane
+from surety_serving.runtime.dataplane import DataPlane, Method
 from surety_serving.runtime.types import InferRequest, InferResponse
 from surety_serving.settings import Settings
-
-Method = Callable[[str, int | None, InferRequest, float], Awaitable[InferResponse]]
 
 #: The deadline header: seconds (decimal), as ``Retry-After`` counts them.
 REQUEST_TIMEOUT = "request-timeout"

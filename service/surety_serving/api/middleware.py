@@ -23,7 +23,8 @@ from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from surety_serving.api.fast import INFERENCE_PATH, InferenceFastPath
+from surety_serving.api.errors import handle_error, spec_for
+from surety_serving.api.fast import InferenceFastPath
 from surety_serving.api.inference import REQUEST_TIMEOUT, header_timeout
 from surety_serving.api.pacing import RetryPacer
 from surety_serving.errors import (
@@ -31,8 +32,6 @@ from surety_serving.errors import (
     DrainingError,
     InvalidInputError,
     QueueFullError,
-    handle_error,
-    spec_for,
 )
 from surety_serving.metrics import Metrics
 
@@ -53,9 +52,11 @@ class RequestMiddleware:
         metrics: Metrics,
         retry_after_s: int,
         pace_early_retries: bool,
+        inference_path: re.Pattern[str],
         fast_path: InferenceFastPath | None,
     ) -> None:
         self.app = app
+        self.inference_path = inference_path
         self.fast_path = fast_path
         self.metrics = metrics
         self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -78,7 +79,7 @@ class RequestMiddleware:
                 message["headers"] = [*message.get("headers", ()), (REQUEST_ID, request_id)]
             await send(message)
 
-        path = _inference_path(scope)
+        path = self._inference_path(scope)
         refusal = self._refusal(scope, path) if path is not None else None
         try:
             if path is not None and refusal is None and self.fast_path is not None:
@@ -134,6 +135,11 @@ class RequestMiddleware:
             return exc
         return None
 
+    def _inference_path(self, scope: Scope) -> re.Match[str] | None:
+        if scope["method"] != "POST":
+            return None
+        return self.inference_path.fullmatch(scope["path"])
+
     @classmethod
     def _labels(cls, scope: Scope) -> tuple[str, str]:
         """Route name and model, bounded: unknown paths and model names collapse to one value."""
@@ -148,12 +154,6 @@ class RequestMiddleware:
         if model and (plane is None or not plane.is_known(model)):
             return UNKNOWN_MODEL
         return model
-
-
-def _inference_path(scope: Scope) -> re.Match[str] | None:
-    if scope["method"] != "POST":
-        return None
-    return INFERENCE_PATH.fullmatch(scope["path"])
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

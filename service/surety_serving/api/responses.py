@@ -1,7 +1,8 @@
 """Response helpers shared by the routers: orjson bodies and the documented answers.
 
-The error answers are documented from `surety_serving.errors.ERRORS`, the table that also produces
-them: a route names the statuses it can send, the table says what each means.
+The error answers are documented from the error table (`surety_serving.api.errors.ALL_ERRORS`),
+which
+also produces them: a route names the statuses it can send, the table says what each means.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import orjson
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from surety_serving.api.errors import ALL_ERRORS
 from surety_serving.api.inference import REQUEST_TIMEOUT
-from surety_serving.errors import ERRORS, SuretyError
+from surety_serving.errors import SuretyError
 from surety_serving.protocol.codec import BINARY_TYPE, HEADER_LENGTH
 from surety_serving.protocol.schemas import ErrorBody, InferenceRequest
 
@@ -55,12 +57,12 @@ def schema_ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def error_responses(*statuses: int) -> Responses:
-    """The ``{"error": ...}`` answers for ``statuses`` and 500, described from `ERRORS`."""
+    """The ``{"error": ...}`` answers for ``statuses`` and 500, described from the table."""
     return {status: _from_table(status) for status in sorted({*statuses, INTERNAL_ERROR})}
 
 
 def _from_table(status: int) -> dict[str, Any]:
-    specs = [(cls, spec) for cls, spec in ERRORS.items() if spec.status == status]
+    specs = [(cls, spec) for cls, spec in ALL_ERRORS.items() if spec.status == status]
     causes = [cls.__doc__ or "" for cls, _ in specs if issubclass(cls, SuretyError)]
     retry = any(spec.retry_after for _, spec in specs)
     return error_response(status, causes, RETRY_AFTER if retry else {})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from surety_serving.errors import ConfigError, InvalidInputError
 from surety_serving.judge.prompt import (
@@ -21,9 +22,11 @@ from surety_serving.judge.prompt import (
     encode_prompts,
     load_tokenizer,
 )
-from surety_serving.runtime.config import JudgeSpec
 from surety_serving.runtime.decoders import Decoded, request_texts
 from surety_serving.runtime.types import Parameters, Tensor
+
+if TYPE_CHECKING:
+    from surety_serving.tasks.judge import JudgeSpec
 
 
 class JudgeInputs:

@@ -5,10 +5,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from surety_serving.errors import ConfigError, describe_validation
 from surety_serving.protocol.datatypes import Datatype
@@ -97,13 +106,6 @@ class InputSpec(TensorSpec):
         return [FeedSpec(self.name, self.datatype, tuple(self.shape))]
 
 
-class ClassifierSpec(Strict):
-    """Which model output holds the probabilities, and which input takes 1/temperature."""
-
-    probabilities: str = Field(pattern=NAME_PATTERN)
-    scale_input: str | None = Field(default=None, pattern=NAME_PATTERN)
-
-
 class BatchingSpec(Strict):
     """Dynamic batching, as Triton's: merge queued requests into one run of at most N rows."""
 
@@ -126,211 +128,89 @@ class BatchingSpec(Strict):
     )
 
 
-class UncertaintySpec(Strict):
-    """Model outputs the uncertainty methods read: per-layer features (taps) and the logits."""
-
-    taps: list[str] = Field(default_factory=list)
-    logits: str | None = Field(default=None, description="the output holding the logits z′")
-    sdm_tap: str | None = Field(default=None, description="SDM's exemplar space; the last tap")
-    token_score: str | None = Field(
-        default=None,
-        description="an output [B] that scores each row's tokens (higher = less typical): the "
-        "covariate-shift signal of the token_density detector",
-    )
-    ood_method: str | None = Field(
-        default=None,
-        description="the OOD detector to serve (a registry name); unset: chosen at calibration "
-        "by the rule in docs/uncertainty.md",
-    )
-    alpha: float = Field(
-        default=0.95, gt=0.5, lt=1.0, description="SDM's reliability level for this model"
-    )
-    sdm_calibration: Literal["split", "cross_fitted"] = Field(
-        default="split",
-        description="SDM's calibration: 'split' = support from the train split, calibration "
-        "split held out; 'cross_fitted' = every labelled point calibrates once against the "
-        "other folds, and all of them are the support",
-    )
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        """Every output the detectors read: the taps and, if the model has one, its token score."""
-        return (*self.taps, *((self.token_score,) if self.token_score else ()))
-
-
-class JudgePromptSpec(Strict):
-    """The judge prompt as plain strings: ``prefix + user(fields) + suffix + assistant_prefix``
-    (see :mod:`surety_serving.judge.prompt`). ``prefix`` and ``suffix`` are the model's chat
-    template,
-    rendered once at export (``system`` is already inside ``prefix``; kept as a record)."""
-
-    system: str = ""
-    user: str = Field(description="the user message with one {field} placeholder per field")
-    prefix: str
-    suffix: str
-    assistant_prefix: str = Field(
-        default="Score: ", description="prefilled assistant text; the next token is the score"
-    )
-
-
-class JudgeSpec(Strict):
-    """An LLM judge (``task: judge``): how named text fields become the graph's token feeds,
-    and which outputs hold the LAGER scores."""
-
-    fields: list[str] = Field(min_length=1, description="the named BYTES inputs of a request")
-    prompt: JudgePromptSpec
-    truncate: list[str] = Field(
-        default_factory=list,
-        description="fields cut in the middle, in this order, when a prompt is too long",
-    )
-    max_prompt_tokens: PositiveInt = 1024
-    score_tokens: list[str] = Field(min_length=2, description="the score strings, e.g. 1..5")
-    score_token_ids: list[int] = Field(min_length=2, description="their single token ids")
-    score_values: list[float] = Field(min_length=2, description="the value of each score token")
-    lens: Literal["raw", "normed"] = Field(
-        default="raw",
-        description="raw: layers' hidden states go straight through lm_head (LAGER); normed: "
-        "the final norm is applied to each layer first",
-    )
-    num_layers: PositiveInt = Field(description="transformer layers L; L+1 hidden states")
-    tokenizer: str = Field(default="tokenizer.json", pattern=FILE_PATTERN)
-    pad_token_id: int = Field(ge=0)
-    input_ids: str = Field(default="input_ids", pattern=NAME_PATTERN)
-    attention_mask: str = Field(default="attention_mask", pattern=NAME_PATTERN)
-    layer_logits: str = Field(default="layer_logits", pattern=NAME_PATTERN)
-    expected_score: str = Field(default="expected_score", pattern=NAME_PATTERN)
-    score_probabilities: str = Field(default="score_probabilities", pattern=NAME_PATTERN)
-    layer_scores: str = Field(default="layer_scores", pattern=NAME_PATTERN)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        from surety_serving.judge.prompt import template_problems
-
-        problems = template_problems(self.fields, self.prompt.user)
-        unknown = [name for name in self.truncate if name not in self.fields]
-        if unknown:
-            problems.append(f"truncate names fields that are not fields: {unknown}")
-        if len(set(self.truncate)) != len(self.truncate):
-            problems.append(f"truncate repeats fields: {self.truncate}")
-        sizes = {len(self.score_tokens), len(self.score_token_ids), len(self.score_values)}
-        if len(sizes) != 1:
-            problems.append("score_tokens, score_token_ids and score_values differ in length")
-        if len(set(self.score_token_ids)) != len(self.score_token_ids):
-            problems.append(f"score_token_ids repeat: {self.score_token_ids}")
-        if any(i < 0 for i in self.score_token_ids):
-            problems.append("score_token_ids must be >= 0")
-        if not all(math.isfinite(v) for v in self.score_values):
-            problems.append("score_values must be finite")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    def feeds(self) -> list[FeedSpec]:
-        """The graph inputs the fields become: the rendered prompts, tokenized and left padded."""
-        return [FeedSpec(n, "INT64", (-1, -1)) for n in (self.input_ids, self.attention_mask)]
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        """The graph outputs a judge has, in graph order."""
-        return (
-            self.layer_logits,
-            self.expected_score,
-            self.score_probabilities,
-            self.layer_scores,
-        )
-
-
 class ModelConfig(Strict):
-    """A model's ``config.yaml``."""
+    """A model's ``config.yaml``: what every task has. Each task's config class adds its own
+    section (``surety_serving.tasks``); ``ModelConfig.model_validate`` and ``load_config`` return an
+    instance of the class that ``task:`` names."""
 
-    task: Literal["classifier", "judge"]
+    task: str
     description: str = ""
     platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
-    labels: list[str] = Field(default_factory=list)
-    classifier: ClassifierSpec | None = None
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
-    uncertainty: UncertaintySpec = Field(default_factory=UncertaintySpec)
-    judge: JudgeSpec | None = Field(default=None, description="task judge: the judge's prompt")
     optimize: dict[str, str | int | float | bool] | None = Field(
         default=None,
         description="the graph rewrite applied at export (surety optimize's options, see "
         "docs/optimize.md): a record, not acted on when serving",
     )
 
+    if TYPE_CHECKING:
+        # A task's section is typed on its config class; code that holds the common type
+        # (offline tools reading any entry) reads sections untyped.
+        def __getattr__(self, name: str) -> Any: ...
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _as_task(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        # Validating the common class means validating the class its task names.
+        if cls is not ModelConfig:
+            return handler(data)
+        problem = task_problem(data)
+        if problem is not None:
+            raise PydanticCustomError("task", problem)
+        from surety_serving.tasks.registry import config_adapter
+
+        result: Self = config_adapter().validate_python(data)
+        return result
+
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        outputs = {spec.name: spec for spec in self.outputs}
-        uncertainty = self.uncertainty
-        named = [
-            *(("tap", name) for name in uncertainty.taps),
-            ("logits", uncertainty.logits),
-            ("token_score", uncertainty.token_score),
-        ]
-        for role, name in named:
-            if name is not None and name not in outputs:
-                raise ValueError(f"uncertainty {role} '{name}' is not among the outputs")
-        if uncertainty.sdm_tap is not None and uncertainty.sdm_tap not in uncertainty.taps:
-            raise ValueError(f"uncertainty.sdm_tap '{uncertainty.sdm_tap}' is not a tap")
-        if self.task == "classifier":
-            self._check_classifier(outputs)
-        if self.task == "judge":
-            self._check_judge(outputs)
-        elif self.judge is not None:
-            raise ValueError(f"a 'judge' section needs task: judge, not {self.task}")
+    def _finite_ranges(self) -> Self:
         for spec in self.inputs:
             if spec.range is not None and not all(math.isfinite(b) for b in spec.range):
                 raise ValueError(f"range of '{spec.name}' must be finite")
         return self
 
     def feeds(self) -> list[FeedSpec]:
-        """Every graph input and what fills it: a judge's prompt tokens; otherwise each request
-        input's decoder feeds, and a classifier's scale input."""
-        if self.judge is not None:
-            return self.judge.feeds()
-        feeds = [feed for spec in self.inputs for feed in spec.feeds()]
-        if self.classifier is not None and self.classifier.scale_input is not None:
-            feeds.append(FeedSpec(self.classifier.scale_input, "FP32", (-1, 1)))
-        return feeds
+        """Every graph input and what fills it: each request input's decoder feeds."""
+        return [feed for spec in self.inputs for feed in spec.feeds()]
 
-    def _check_classifier(self, outputs: dict[str, TensorSpec]) -> None:
-        if self.classifier is None:
-            raise ValueError("a classifier needs a 'classifier' section")
-        probabilities = outputs.get(self.classifier.probabilities)
-        if probabilities is None:
-            raise ValueError(f"classifier.probabilities '{self.classifier.probabilities}' "
-                             "is not among the outputs")  # fmt: skip
-        classes = probabilities.shape[-1]
-        if not self.labels:
-            raise ValueError("a classifier needs labels")
-        if classes != -1 and classes != len(self.labels):
-            raise ValueError(f"{len(self.labels)} labels for {classes} classes")
 
-    def _check_judge(self, outputs: dict[str, TensorSpec]) -> None:
-        if self.judge is None:
-            raise ValueError("a judge needs a 'judge' section")
-        missing = [name for name in self.judge.outputs if name not in outputs]
-        if missing:
-            raise ValueError(f"judge outputs {missing} are not among the outputs")
-        inputs = {spec.name: spec for spec in self.inputs}
-        for name in self.judge.fields:
-            spec = inputs.get(name)
-            if spec is None or spec.datatype != "BYTES" or spec.shape != [-1]:
-                raise ValueError(f"judge field '{name}' needs an input BYTES [-1] of that name")
-        extra = sorted(set(inputs) - set(self.judge.fields))
-        if extra:
-            raise ValueError(f"inputs {extra} are not judge fields")
+def task_problem(data: Any) -> str | None:
+    """What is wrong with the ``task:`` of a raw config: not a registered task, or a section
+    of another task (sections are named after their task)."""
+    from surety_serving.tasks.registry import tasks
+
+    if not isinstance(data, dict):
+        return None
+    names = [task.name for task in tasks()]
+    task = data.get("task")
+    if task not in names:
+        quoted = [f"'{name}'" for name in names]
+        expected = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+        return f"task: Input should be {expected}"
+    for name in names:
+        if name != task and name in data:
+            return f"a '{name}' section needs task: {name}, not {task}"
+    return None
 
 
 def load_config(path: Path) -> ModelConfig:
-    """Read and validate ``config.yaml``; ConfigError names the file and the field."""
+    """Read and validate ``config.yaml`` into its task's config class; ConfigError names the
+    file and the field."""
+    from surety_serving.tasks.registry import config_adapter
+
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    raw = raw if raw is not None else {}
+    problem = task_problem(raw)
+    if problem is not None:
+        raise ConfigError(f"{path}: {problem}")
     try:
-        return ModelConfig.model_validate(raw if raw is not None else {})
+        config: ModelConfig = config_adapter().validate_python(raw)
     except ValidationError as exc:
-        detail = describe_validation(exc).removeprefix("invalid request: ")
-        raise ConfigError(f"{path}: {detail}") from exc
+        detail = describe_validation(exc, drop=raw.get("task") if isinstance(raw, dict) else None)
+        raise ConfigError(f"{path}: {detail.removeprefix('invalid request: ')}") from exc
+    return config

@@ -283,10 +283,7 @@ DECODERS: dict[str, DecoderFactory] = {"tensor": TensorDecoder, "text": TextDeco
 
 
 def build_decoders(config: ModelConfig, folder: Path | None) -> dict[str, InputDecoder]:
-    """One decoder per request input of the version in ``folder``; ConfigError if one fails.
-    A judge has none: its fields are read together into one prompt (surety_serving.judge.inputs)."""
-    if config.judge is not None:
-        return {}
+    """One decoder per request input of the version in ``folder``; ConfigError if one fails."""
     return {spec.name: DECODERS[spec.decoder](spec, folder) for spec in config.inputs}
 
 

@@ -103,8 +103,8 @@ class OnnxSession:
 def sample_feeds(config: ModelConfig, rows: int) -> Feeds:
     """Valid feeds of ``rows`` rows: each input's lower bound (or zero), scale 1.
 
-    Token feeds (text inputs, a judge's prompt) get one token of id 1 with attention 1 (an
-    all-padding row is not a real input).
+    Token feeds (text inputs, and feeds no request input fills, such as a prompt's tokens) get
+    one token of id 1 with attention 1 (an all-padding row is not a real input).
     """
     fills = {
         feed.name: spec.range[0] if spec.range is not None else 1 if spec.decoder == "text" else 0
@@ -114,6 +114,6 @@ def sample_feeds(config: ModelConfig, rows: int) -> Feeds:
     feeds: Feeds = {}
     for feed in config.feeds():
         shape = [rows] + [1 if dim == -1 else dim for dim in feed.shape[1:]]
-        fill = fills.get(feed.name, 1)  # the scale input, a judge's tokens
+        fill = fills.get(feed.name, 1)  # feeds of the task's own: a scale, prompt tokens
         feeds[feed.name] = np.full(shape, fill, dtype=NUMPY_DTYPES[feed.datatype])
     return feeds

@@ -13,6 +13,10 @@ from numpy.typing import NDArray
 
 from surety_serving.uncertainty.base import ArtifactError
 
+#: The folder of a version (``<model>/<version>/``) that holds its fitted uncertainty methods:
+#: written by ``surety calibrate``, read by the server.
+ARTIFACT_DIR = "uncertainty"
+
 
 def write(
     directory: Path, stem: str, arrays: Mapping[str, NDArray[Any]], meta: Mapping[str, Any]

@@ -14,13 +14,15 @@ from typing import Any
 import numpy as np
 
 from surety_serving.uncertainty.activation import KernelScaledSoftmax
+
+# Re-exported: the calibration report tooling in bench/ reads the folder name from here.
+from surety_serving.uncertainty.artifacts import ARTIFACT_DIR as ARTIFACT_DIR
 from surety_serving.uncertainty.base import FeatureSet
 from surety_serving.uncertainty.evaluation import expected_calibration_error
 from surety_serving.uncertainty.features import OfflineModel, feature_set
 from surety_serving.uncertainty.ood import candidates, select
 from surety_serving.uncertainty.sdm import SDM
 
-ARTIFACT_DIR = "uncertainty"
 REPORT_FILE = "report.json"
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from surety_serving.uncertainty.calibrate import ARTIFACT_DIR
+from surety_serving.uncertainty.artifacts import ARTIFACT_DIR
 from surety_serving.uncertainty.ood import ServedOOD
 from surety_serving.uncertainty.sdm import SDM
 

@@ -193,7 +193,10 @@ def test_a_model_that_is_not_a_judge_is_409(judge_client, images):
                         "data": images[0].tolist()}]}  # fmt: skip
     response = judge_client.post("/v2/models/digits/judge", json=body)
     assert response.status_code == 409
-    assert "not a judge" in response.json()["error"]
+    assert response.json()["error"] == (
+        "model 'digits' (task: classifier) does not serve /judge; "
+        "it serves /infer, /score, /uncertainty"
+    )
 
 
 def test_server_metadata_lists_the_judge_extension(judge_client):

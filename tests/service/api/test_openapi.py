@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from surety_serving.errors import ERRORS
+from surety_serving.api.errors import ALL_ERRORS
 
 INFERENCE_ROUTES = [
     f"/v2/models/{{model}}{version}/{route}"
@@ -132,7 +132,7 @@ def test_no_422_anywhere(document):
 
 
 def test_errors_are_documented_from_the_table(document):
-    sent = {spec.status for spec in ERRORS.values()} | {500}
+    sent = {spec.status for spec in ALL_ERRORS.values()} | {500}
     for _, path, operation in operations(document):
         errors = {int(s): r for s, r in operation["responses"].items() if s != "200"}
         assert 500 in errors, path
@@ -144,7 +144,8 @@ def test_errors_are_documented_from_the_table(document):
     for path in INFERENCE_ROUTES:
         statuses = set(document["paths"][path]["post"]["responses"])
         assert {"400", "404", "408", "413", "429", "503", "504", "500"} <= statuses
-        assert ("409" in statuses) == path.endswith(("uncertainty", "judge"))
+        # Every task endpoint may answer 409 (not served by the model's task); infer never.
+        assert ("409" in statuses) == (not path.endswith("infer"))
     assert set(document["paths"]["/v2/health/live"]["get"]["responses"]) == {"200", "500"}
     assert "503" in document["paths"]["/v2/health/ready"]["get"]["responses"]
 
@@ -198,3 +199,68 @@ def test_schemathesis_finds_nothing(server, tmp_path):
         command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+
+
+#: Every operation as it was before model kinds became task plug-ins (method, path, operation
+#: id, tags): the task routes are built from the registry now, and must not have moved.
+OPERATIONS = {
+    ("get", "/metrics", "metrics_metrics_get", ("metrics",)),
+    ("get", "/v2", "server_metadata_v2_get", ("health",)),
+    ("get", "/v2/health/live", "live_v2_health_live_get", ("health",)),
+    ("get", "/v2/health/ready", "ready_v2_health_ready_get", ("health",)),
+    ("get", "/v2/models/{model}", "model_metadata_v2_models__model__get", ("models",)),
+    ("get", "/v2/models/{model}/ready", "model_ready_v2_models__model__ready_get", ("models",)),
+    (
+        "get",
+        "/v2/models/{model}/versions/{version}",
+        "model_metadata_v2_models__model__versions__version__get",
+        ("models",),
+    ),
+    (
+        "get",
+        "/v2/models/{model}/versions/{version}/ready",
+        "model_ready_v2_models__model__versions__version__ready_get",
+        ("models",),
+    ),
+    ("post", "/v2/models/{model}/infer", "infer_v2_models__model__infer_post", ("inference",)),
+    ("post", "/v2/models/{model}/judge", "judge_v2_models__model__judge_post", ("judge",)),
+    ("post", "/v2/models/{model}/score", "score_v2_models__model__score_post", ("extensions",)),
+    (
+        "post",
+        "/v2/models/{model}/uncertainty",
+        "uncertainty_v2_models__model__uncertainty_post",
+        ("extensions",),
+    ),
+    (
+        "post",
+        "/v2/models/{model}/versions/{version}/infer",
+        "infer_v2_models__model__versions__version__infer_post",
+        ("inference",),
+    ),
+    (
+        "post",
+        "/v2/models/{model}/versions/{version}/judge",
+        "judge_v2_models__model__versions__version__judge_post",
+        ("judge",),
+    ),
+    (
+        "post",
+        "/v2/models/{model}/versions/{version}/score",
+        "score_v2_models__model__versions__version__score_post",
+        ("extensions",),
+    ),
+    (
+        "post",
+        "/v2/models/{model}/versions/{version}/uncertainty",
+        "uncertainty_v2_models__model__versions__version__uncertainty_post",
+        ("extensions",),
+    ),
+}
+
+
+def test_the_operations_are_those_served_before_the_task_registry(document):
+    served = {
+        (method, path, operation["operationId"], tuple(operation["tags"]))
+        for method, path, operation in operations(document)
+    }
+    assert served == OPERATIONS

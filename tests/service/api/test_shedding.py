@@ -12,8 +12,8 @@ from fastapi.routing import APIRoute
 
 from surety_kit.payloads import image_request
 from surety_kit.server import running_server
-from surety_serving.api import ROUTERS
-from surety_serving.api.fast import INFERENCE_PATH
+from surety_serving.api import routers
+from surety_serving.api.fast import inference_path
 from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 
@@ -21,13 +21,13 @@ INFERENCE_ROUTES = {"infer", "score", "uncertainty", "judge"}
 
 
 def test_the_inference_path_matches_the_inference_routes_and_nothing_else():
-    routes = [route for router, _ in ROUTERS for route in router.routes]
+    routes = [route for router, _ in routers() for route in router.routes]
     inference = [r for r in routes if isinstance(r, APIRoute) and r.name in INFERENCE_ROUTES]
     assert len(inference) == 8  # with and without /versions/{version}
     for route in routes:
         path = getattr(route, "path", "").replace("{model}", "digits").replace("{version}", "7")
         methods: set[str] = getattr(route, "methods", set())
-        judged = "POST" in methods and INFERENCE_PATH.fullmatch(path) is not None
+        judged = "POST" in methods and inference_path().fullmatch(path) is not None
         assert judged == (route in inference), route
 
 

@@ -15,8 +15,8 @@ import pytest
 from surety_kit.payloads import image_request
 from surety_kit.server import running_server
 from surety_serving.runtime.config import load_config
-from surety_serving.runtime.repository import load_uncertainty
 from surety_serving.settings import Settings
+from surety_serving.tasks.classifier import load_uncertainty
 from surety_serving.uncertainty.served import UNCERTAINTY_OUTPUTS
 from tests.service.helpers import run_direct
 

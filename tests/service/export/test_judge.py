@@ -297,10 +297,10 @@ def test_cli_writes_the_entry_and_refuses_to_overwrite(tiny_model, tmp_path, cap
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     # A second version joins the entry; --force replaces version 1 and the config, not version 2.
     assert surety([*args, "--version", "2", "--lens", "raw"]) == 0
-    assert load_config(tmp_path / "tiny" / "config.yaml").judge.lens == "raw"  # type: ignore[union-attr]
+    assert load_config(tmp_path / "tiny" / "config.yaml").judge.lens == "raw"
     version_2 = (tmp_path / "tiny" / "2" / "model.onnx").stat().st_mtime_ns
     assert surety([*args, "--force"]) == 0
-    assert load_config(tmp_path / "tiny" / "config.yaml").judge.lens == "normed"  # type: ignore[union-attr]
+    assert load_config(tmp_path / "tiny" / "config.yaml").judge.lens == "normed"
     assert (tmp_path / "tiny" / "2" / "model.onnx").stat().st_mtime_ns == version_2
     assert (tmp_path / "tiny" / "1" / "model.onnx").is_file()
 

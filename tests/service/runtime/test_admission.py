@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from surety_serving.runtime import dataplane
-from surety_serving.runtime.dataplane import BurstAllowance
+from surety_serving.runtime import admission
+from surety_serving.runtime.admission import BurstAllowance
 
 
 def test_a_burst_takes_the_allowance_then_meets_the_limit():
@@ -19,8 +19,8 @@ def test_the_allowance_refills_at_its_size_per_refill_period():
     burst = BurstAllowance(8)
     while burst.take():
         pass
-    time.sleep(dataplane.BURST_REFILL_S / 4)
+    time.sleep(admission.BURST_REFILL_S / 4)
     refilled = sum(burst.take() for _ in range(8))
     assert 1 <= refilled <= 3  # a quarter of the period: about 2 of 8 tokens
-    time.sleep(dataplane.BURST_REFILL_S * 2)
+    time.sleep(admission.BURST_REFILL_S * 2)
     assert sum(burst.take() for _ in range(20)) == 8  # never more than its size
