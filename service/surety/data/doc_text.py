@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
 import os
 import re
 import string
@@ -39,12 +40,13 @@ import numpy as np
 from surety.data import fortunes
 from surety.data.debian import (
     DebianError,
-    Log,
     download_packages,
     locked,
     read_stamp,
     repo_root,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -114,10 +116,6 @@ _ARGUMENT = re.compile(r'"((?:[^"]|"")*)"?|((?:\\.|\S)+)')
 _RULE = re.compile(r"^\s*([=\-*~^#+_])\1{2,}\s*$")
 _CONTENTS_ENTRY = re.compile(r"^\s*\*\s+\d+(?:\.\d+)*\.\s")
 _FOOTNOTE_MARK = re.compile(r"\s*\[\d+\]")
-
-
-def _stderr(message: str) -> None:
-    print(f"doc_text: {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +282,6 @@ def prepare_doc_text(
     *,
     seed: int = 0,
     fortunes_dir: Path | None = None,
-    log: Log = _stderr,
 ) -> dict[str, Path]:
     """Download (once) the packages of :data:`SETS`, extract and sample their paragraphs, and
     write ``<cache_dir>/sets/seed-<seed>/<set>.jsonl`` (``{"text", "label": <set>}`` lines)
@@ -301,10 +298,9 @@ def prepare_doc_text(
             cache_dir,
             [text_set.package for text_set in SETS.values()],
             [text_set.provides for text_set in SETS.values()],
-            log=log,
         )
         with locked(fortunes_dir):
-            fortunes_topic_dir = fortunes.download_corpus(fortunes_dir, log=log)
+            fortunes_topic_dir = fortunes.download_corpus(fortunes_dir)
             fortunes_stamp = read_stamp(fortunes_dir)
         parameters = {
             "format_version": FORMAT_VERSION,
@@ -320,7 +316,7 @@ def prepare_doc_text(
         if manifest_path.is_file() and all(p.is_file() for p in paths.values()):
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             if manifest.get("parameters") == parameters:
-                log(f"sets cached in {out}")
+                log.info(f"sets cached in {out}")
                 return paths
 
         in_distribution = fortunes.load_topics(fortunes_topic_dir, fortunes.IN_DISTRIBUTION_TOPICS)
@@ -338,7 +334,7 @@ def prepare_doc_text(
             encoding="utf-8",
         )
         totals = ", ".join(f"{name} {c['sampled']}" for name, c in counts.items())
-        log(f"sets written to {out}: {totals}")
+        log.info(f"sets written to {out}: {totals}")
         return paths
 
 
@@ -358,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from surety.cli import configure_logging
+
+    configure_logging()
     try:
         paths = prepare_doc_text(args.cache_dir, seed=args.seed)
     except DebianError as exc:

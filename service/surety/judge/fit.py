@@ -23,6 +23,7 @@ The fit's record goes to ``<entry>/fit.json`` and the ``layer_weights`` entry of
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from surety.judge.correlation import spearman
-from surety.judge.extract import EXPORT_RECORD, Log, _stderr, layer_logits
+from surety.judge.extract import EXPORT_RECORD, layer_logits
 from surety.judge.lager import (
     append_constant_layer,
     center_logits,
@@ -43,6 +44,8 @@ from surety.judge.lager import (
     uniform_weights,
 )
 from surety.runtime.config import CONFIG_FILE, load_config
+
+log = logging.getLogger(__name__)
 
 FIT_RECORD = "fit.json"
 #: STS-B's label range; the judge's score values give the other end of the mapping.
@@ -154,7 +157,6 @@ def fit_judge(
     validation_fraction: float = 0.25,
     methods: tuple[str, ...] = tuple(METHODS),
     version: int = 1,
-    log: Log = _stderr,
 ) -> dict[str, Any]:
     """Fit on the first part of ``sample``, select on the rest, write the weights; returns the
     record (also in fit.json)."""
@@ -165,16 +167,16 @@ def fit_judge(
     if spec is None:
         raise ValueError(f"{entry} is not a judge")
     values = np.asarray(spec.score_values, dtype=np.float64)
-    z = layer_logits(entry, sample.rows, version=version, log=log).astype(np.float64)
+    z = layer_logits(entry, sample.rows, version=version).astype(np.float64)
     cut = round(len(z) * (1 - validation_fraction))
     fit_z, fit_y, val_z, val_y = z[:cut], sample.labels[:cut], z[cut:], sample.labels[cut:]
-    log(f"fitting on {cut} STS-B train pairs, selecting on {len(val_z)}")
+    log.info(f"fitting on {cut} STS-B train pairs, selecting on {len(val_z)}")
     validation = {"escore_final_layer": spearman(escore(val_z, values), val_y)}
     fitted: dict[str, Fitted] = {}
     for name in methods:
         fitted[name] = METHODS[name](fit_z, fit_y, val_z, val_y, values)
         validation[name] = spearman(fitted[name].scores(val_z, values), val_y)
-        log(f"{name}: validation Spearman {validation[name]:+.3f}")
+        log.info(f"{name}: validation Spearman {validation[name]:+.3f}")
     best = max(methods, key=lambda name: (validation[name], -methods.index(name)))
     chosen = fitted[best]
     set_layer_weights(
@@ -197,5 +199,5 @@ def fit_judge(
     export = json.loads(export_path.read_text("utf-8"))
     export["layer_weights"] = {"initializer": "layer_weights", "fitted": True, **record}
     export_path.write_text(json.dumps(export, indent=2) + "\n", "utf-8")
-    log(f"kept {best} (validation Spearman {validation[best]:+.3f}); weights written")
+    log.info(f"kept {best} (validation Spearman {validation[best]:+.3f}); weights written")
     return record
