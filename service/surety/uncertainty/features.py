@@ -8,7 +8,6 @@ is tokenized exactly as the service does it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from surety.data.jsonl import read_objects
 from surety.errors import InvalidInputError
 from surety.protocol.datatypes import NUMPY_DTYPES
 from surety.runtime.config import CONFIG_FILE, ModelConfig, load_config
@@ -45,19 +45,9 @@ class OfflineModel:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file; ValueError names the file and line of a bad one."""
-    records = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            records.append(record)
+    """The JSON objects of a dataset file (:func:`surety.data.jsonl.read_objects`: ValueError
+    names the file and line of a bad one); a file without any is an error too."""
+    records = read_objects(path)
     if not records:
         raise ValueError(f"{path}: no records")
     return records
