@@ -1,11 +1,9 @@
-"""What every uncertainty method shares: the data it is fitted on and the interface it serves."""
+"""What every uncertainty method shares: the data it is fitted on and its artifacts' error."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,24 +44,3 @@ class FeatureSet:
     @property
     def predictions(self) -> IntArray:
         return np.asarray(np.argmax(self.logits, axis=1), dtype=np.int64)
-
-
-class UncertaintyMethod(Protocol):
-    """A fitted estimator: evaluated per request on the model's taps and logits."""
-
-    name: ClassVar[str]
-
-    def evaluate(
-        self, taps: Mapping[str, FloatArray], logits: FloatArray
-    ) -> dict[str, NDArray[Any]]:
-        """Per-request outputs (each [B] or [B, C]) for a batch of B requests."""
-        ...
-
-    def save(self, directory: Path) -> None:
-        """Write the artifact as `<name>.npz` (arrays) + `<name>.json` (scalars) in directory."""
-        ...
-
-    @classmethod
-    def load(cls, directory: Path) -> Self:
-        """Read an artifact written by `save`; raise ArtifactError naming the file if invalid."""
-        ...
