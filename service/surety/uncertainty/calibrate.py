@@ -17,8 +17,9 @@ from surety.uncertainty.activation import KernelScaledSoftmax
 from surety.uncertainty.base import FeatureSet
 from surety.uncertainty.evaluation import expected_calibration_error
 from surety.uncertainty.features import OfflineModel, feature_set
-from surety.uncertainty.ood import candidates, select
+from surety.uncertainty.ood import candidates
 from surety.uncertainty.sdm import SDM
+from surety.uncertainty.selection import select
 
 ARTIFACT_DIR = "uncertainty"
 REPORT_FILE = "report.json"

@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 
 from surety.uncertainty.base import ArtifactError, FeatureSet
-from surety.uncertainty.ood import (
-    RULE_BEST,
-    RULE_FALLBACK,
-    CandidateSpec,
-    ServedOOD,
-    candidates,
-    select,
-)
+from surety.uncertainty.ood import CandidateSpec, ServedOOD, candidates
+from surety.uncertainty.selection import RULE_BEST, RULE_FALLBACK, select
 
 from .test_detectors import TAPS, TOKEN, every_candidate, far_away, in_distribution
 
