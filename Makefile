@@ -20,7 +20,7 @@ help:
 	@echo "make test   set up, build, lint and run the whole test suite"
 	@echo "make check  lint and the tests not marked slow (the inner loop, about a minute)"
 	@echo "make bench  run the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)"
-	@echo "make lint   ruff, mypy and hadolint"
+	@echo "make lint   ruff, mypy, the import contracts (lint-imports) and hadolint"
 	@echo "make image  build the Docker image surety:latest (starts an engine if none answers)"
 	@echo "make lock   regenerate requirements/*.lock from pyproject.toml (newest allowed versions)"
 	@echo "make fresh  clone HEAD to a temporary folder and time make test and make run there"
@@ -94,6 +94,7 @@ lint: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
 
 # The deployment tests install what they need when it is missing (scripts/deploy_tools.sh:
