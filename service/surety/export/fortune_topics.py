@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 __all__ = ["MODEL_NAME", "build", "build_fortune_topics", "main"]
 
 MODEL_NAME = "fortune-topics"
-#: SDM's reliability level: at 0.95 the 11-topic model (84% accurate, 11 to 157 calibration texts
-#: per topic) leaves SDM almost nothing it can vouch for.
+#: SDM's reliability level, below the default 0.95: with eleven noisy topics and few calibration
+#: texts for some of them, 0.95 leaves SDM almost nothing it can vouch for (docs/uncertainty.md).
 SDM_ALPHA = 0.9
 #: Fortunes are short (90th percentile ~110 tokens): 128 truncates few, and fine-tuning's cost
 #: grows with the padded length.

@@ -67,11 +67,12 @@ __all__ = [
 INPUTS = ("input_ids", "attention_mask")
 OUTPUTS = ("layer_logits", "expected_score", "score_probabilities", "layer_scores")
 #: |ONNX − torch| / max(1, |torch|): absolute below 1, relative above (raw-lens logits of deep
-#: layers reach the hundreds). Float32 rounding through 30 layers gave 1.2e-4 on SmolLM2-135M
-#: (its expected scores 6e-7); a graph that mishandles a mask or a position is off by > 0.1.
+#: layers reach the hundreds). Above float32 rounding through every layer, far below what a
+#: graph that mishandles a mask or a position is off by (docs/judge.md: the measured errors).
 PARITY_TOLERANCE = 1e-3
-#: max |lm_head(final hidden state) − logits| over the vocabulary, both in torch: 3e-5 on
-#: SmolLM2 (logits up to ~30). A model that scales or soft-caps its logits is off by far more.
+#: max |lm_head(final hidden state) − logits| over the vocabulary, both in torch: rounding for a
+#: model whose logits are lm_head's output; a model that scales or soft-caps its logits is off by
+#: far more, and its logit lens would not hold (docs/judge.md).
 LOGIT_LENS_TOLERANCE = 1e-3
 DEFAULT_MAX_PROMPT_TOKENS = 1024
 DEFAULT_FIELDS = ("text_a", "text_b")
@@ -427,7 +428,7 @@ def export_judge(
     seconds["load"] = round(time.perf_counter() - started, 3)
     # The weights, copied before the export touches the model: the parity reference is a
     # fresh instance holding them (a module that went through torch.onnx.export is not a
-    # trustworthy reference; the design notes one differing by ~0.5).
+    # trustworthy reference: the export may leave it changed).
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
     tokenizer = hf_tokenizer.backend_tokenizer
     tokenizer.no_padding()

@@ -22,9 +22,9 @@ from surety.judge.fit import fit_judge, judge_scale, stsb_sample
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "stsb-judge"
-#: STS-B train pairs the build fits on (a quarter of them for selection): about 2 minutes of
-#: SmolLM2 forward passes here, and the probe's dev Spearman is already near its full-data value
-#: (docs/judge.md).
+#: STS-B train pairs the build fits on (a quarter of them for selection): a few minutes of
+#: SmolLM2 forward passes, and the probe's dev Spearman is already near its full-data value
+#: (docs/judge.md measures both).
 TRAIN_PAIRS = 1000
 #: STS-B's sentences make prompts of ~100 tokens; this bounds what a request can cost.
 MAX_PROMPT_TOKENS = 512

@@ -1,23 +1,6 @@
 """``surety fit-judge``: fit a judge's layer weights on STS-B's human similarity judgments.
 
-1. A fixed sample of STS-B **train** pairs (``seed``), split into a fitting part and a
-   validation part; STS-B's 0..5 labels are mapped onto the judge's score scale.
-2. The judge's ``layer_logits`` of every sampled prompt, computed once (surety.judge.extract).
-3. Every method of ``METHODS`` is fitted on the fitting part, and the one whose expected scores
-   rank the validation pairs best (Spearman) is written into the graph
-   (``set_layer_weights``); the dev split is never looked at here (bench/judge.py evaluates
-   on it).
-
-The methods, in the order they are tried (ties go to the earlier, simpler one):
-
-- ``uniform``: LAGER without tuning, w = 1/(L+1);
-- ``lager``: LAGER's tuned weights, w = softmax(θ), as its released code fits them;
-- ``signed_layer``: w [L+1] without the softmax, so a layer may count against a score;
-- ``signed_layer_score``: W [L+1, K] on each layer's logits centred over the K scores;
-- ``probe``: W [L+1, K] and a per-score bias on the centred logits, fitted by L-BFGS on the
-  squared error of the expected score (surety.judge.fitting.fit_probe).
-
-The fit's record goes to ``<entry>/fit.json`` and the ``layer_weights`` entry of export.json.
+docs/judge.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations

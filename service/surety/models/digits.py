@@ -243,10 +243,10 @@ def repository_config(test_accuracy: float) -> dict[str, Any]:
             "taps": list(TAPS),
             "logits": LOGITS,
             # Digits has no OOD-validation set to choose by; the tap ensemble is what it served
-            # before the registry (noise AUROC 1.000).
+            # before the registry (docs/uncertainty.md).
             "ood_method": "tap_ensemble",
-            # Measured (bench/uncertainty_eval.py): SDM admits 49% of the test split cross-fitted
-            # against 26% with a held-out calibration split, both at accuracy 1.000.
+            # Cross-fitted SDM admits more of the test split than a held-out calibration split
+            # at the same accuracy (docs/uncertainty.md, bench/uncertainty_eval.py).
             "sdm_calibration": "cross_fitted",
         },
     }
