@@ -8,6 +8,7 @@ is tokenized exactly as the service does it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from surety.runtime.decoders import InputDecoder, build_decoders
 from surety.runtime.session import Feeds, OnnxSession
 from surety.runtime.types import Tensor
 from surety.uncertainty.base import FeatureSet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ def run_dataset(
     rows' rather than to the file's longest text.
     """
     records = read_jsonl(path)
+    log.info("running the model on %s (%d records)", path, len(records))
     texts = [spec.name for spec in model.config.inputs if spec.datatype == "BYTES"]
     order = np.arange(len(records))
     if texts:
