@@ -144,3 +144,38 @@ def test_export_judge_reports_a_missing_model_alike(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("export judge: ") and "no-model" in err and "nothing written" in err
     assert list(root.iterdir()) == []
+
+
+def test_the_command_line_shows_progress_messages_on_stderr(tmp_path):
+    # configure_logging, run by main: the surety.* loggers' INFO messages reach stderr, with the
+    # logger's name; stdout stays for results.
+    root = tmp_path / "repo"
+    (root / "fortune-topics").mkdir(parents=True)
+    stamp(root / "fortune-topics", DEFAULTS_FORMAT)
+    args = ["build-defaults", "--model-repository", str(root), "--only", "fortune-topics"]
+    result = subprocess.run(
+        [sys.executable, "-m", "surety.cli", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "INFO surety: fortune-topics: " in result.stderr and "exists" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_message_during_a_progress_bar_is_written_above_it():
+    import io
+
+    from tqdm import tqdm
+
+    from surety.cli import _BarSafeHandler
+
+    stream = io.StringIO()
+    handler = _BarSafeHandler(stream)
+    record = logging.LogRecord("surety.x", logging.INFO, __file__, 1, "epoch 1 done", None, None)
+    with tqdm(total=2, file=stream, desc="bar", ascii=True) as bar:
+        bar.update(1)
+        handler.emit(record)
+        bar.update(1)
+    lines = stream.getvalue().replace("\r", "\n").splitlines()
+    assert "epoch 1 done" in lines  # a line of its own, not glued to the bar
