@@ -24,6 +24,7 @@ from surety.export.common import (
     optimize_graph,
     ort_session,
     sha256_file,
+    timed,
     write_config,
     write_export_metadata,
 )
@@ -274,11 +275,11 @@ def export_judge(
         raise ValueError(f"lens must be raw or normed, got {lens!r}")
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    if source is None:
-        source = fetch_smollm2()
-    log.info(f"loading {source}")
-    model, hf_tokenizer = load_causal_lm(source)
-    seconds["load"] = round(time.perf_counter() - started, 3)
+    with timed(seconds, "load"):
+        if source is None:
+            source = fetch_smollm2()
+        log.info("loading %s", source)
+        model, hf_tokenizer = load_causal_lm(source)
     # The weights, copied before the export touches the model: the parity reference is a
     # fresh instance holding them (a module that went through torch.onnx.export is not a
     # trustworthy reference: the export may leave it changed).
@@ -295,7 +296,7 @@ def export_judge(
     )
     vocab_size = int(model.get_output_embeddings().weight.shape[0])
     token_ids = validate_score_tokens(tokenizer, template, prompt.score_tokens, vocab_size)
-    log.info(f"score tokens {list(prompt.score_tokens)} → ids {list(token_ids)}")
+    log.info("score tokens %s → ids %s", list(prompt.score_tokens), list(token_ids))
     pad_token_id = _pad_token_id(hf_tokenizer)
     config = model.config
     num_layers = int(config.num_hidden_layers)
@@ -331,36 +332,34 @@ def export_judge(
     model_path = version_dir / MODEL_FILE
     tokenizer_path = version_dir / TOKENIZER_FILE
     partial = model_path.with_suffix(".onnx.partial")
-    log.info(f"exporting {num_layers} layers + embeddings, {lens} lens, to {model_path}")
-    export_started = time.perf_counter()
-    module = build_score_lens(model, token_ids, lens)
-    export_onnx(module, encode(rows[:2]), partial)
-    finish_graph(
-        partial,
-        values,
-        {
-            "surety.task": "judge",
-            "surety.lens": lens,
-            "surety.score_tokens": json.dumps(list(prompt.score_tokens)),
-            "surety.score_token_ids": json.dumps(list(token_ids)),
-        },
-    )
-    partial.replace(model_path)
-    tokenizer.save(str(tokenizer_path))
-    seconds["export"] = round(time.perf_counter() - export_started, 3)
+    log.info("exporting %d layers + embeddings, %s lens, to %s", num_layers, lens, model_path)
+    with timed(seconds, "export"):
+        module = build_score_lens(model, token_ids, lens)
+        export_onnx(module, encode(rows[:2]), partial)
+        finish_graph(
+            partial,
+            values,
+            {
+                "surety.task": "judge",
+                "surety.lens": lens,
+                "surety.score_tokens": json.dumps(list(prompt.score_tokens)),
+                "surety.score_token_ids": json.dumps(list(token_ids)),
+            },
+        )
+        partial.replace(model_path)
+        tokenizer.save(str(tokenizer_path))
     del module, model
 
     parity: dict[str, Any] | None = None
     if check_parity:
         from transformers import AutoModelForCausalLM
 
-        check_started = time.perf_counter()
-        auto: Any = AutoModelForCausalLM  # from_config is untyped
-        reference = auto.from_config(config, attn_implementation="eager", dtype=torch.float32)
-        reference.load_state_dict(state)
-        session = ort_session(model_path)
-        parity = onnx_parity(reference.eval(), session, batches, token_ids, values, lens)
-        seconds["parity"] = round(time.perf_counter() - check_started, 3)
+        with timed(seconds, "parity"):
+            auto: Any = AutoModelForCausalLM  # from_config is untyped
+            reference = auto.from_config(config, attn_implementation="eager", dtype=torch.float32)
+            reference.load_state_dict(state)
+            session = ort_session(model_path)
+            parity = onnx_parity(reference.eval(), session, batches, token_ids, values, lens)
         log.info(
             f"parity ONNX vs torch: max error {parity['max_error']:.3g} (tolerance "
             f"{parity_tolerance:g}); logit lens {parity['logit_lens_error']:.3g}"
@@ -378,14 +377,13 @@ def export_judge(
             )
     optimized: dict[str, Any] | None = None
     if optimize is not None and optimize.attention != "none":
-        optimize_started = time.perf_counter()
         # The pass takes the judge's additive mask (causal And key padding) as SparseAttention's
         # causal=1 plus the key-padding row; a graph that let queries see later keys, or read
         # padding, drifts past the tolerance on the left-padded batches and is never written.
-        optimized = optimize_graph(
-            model_path, [feeds(b) for b in batches], optimize, require_attention=True
-        )
-        seconds["optimize"] = round(time.perf_counter() - optimize_started, 3)
+        with timed(seconds, "optimize"):
+            optimized = optimize_graph(
+                model_path, [feeds(b) for b in batches], optimize, require_attention=True
+            )
 
     truncated = int(batches[0].truncated.sum())
     seconds["total"] = round(time.perf_counter() - started, 3)
@@ -444,7 +442,7 @@ def export_judge(
         metadata["optimize"] = optimized
     write_export_metadata(model_root, metadata)
     write_judge_config(model_root, metadata)
-    log.info(f"wrote {model_root} in {seconds['total']:.1f} s")
+    log.info("wrote %s in %.1f s", model_root, seconds["total"])
     return JudgeExport(
         name=name,
         version=version,
