@@ -42,8 +42,8 @@ RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist . 
     && /opt/build/bin/pip --python /opt/venv/bin/python install --no-index --find-links /wheels \
        --require-hashes -r /wheels/serving.lock \
     && /opt/build/bin/pip --python /opt/venv/bin/python install --no-index --no-deps \
-       /dist/surety-*.whl \
-    && /opt/venv/bin/python -I -c 'import onnxruntime as ort; from surety import kernels; \
+       /dist/surety_serving-*.whl \
+    && /opt/venv/bin/python -I -c 'import onnxruntime as ort; from surety_serving import kernels; \
 ort.SessionOptions().register_custom_ops_library(kernels.library_path()); \
 print("ai.surety kernels load into onnxruntime", ort.__version__, "ISA here:", kernels.isa())'
 

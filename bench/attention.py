@@ -25,7 +25,7 @@ Layouts at density ρ and length T: ``band`` gets window = ⌊ρ·T⌋ (|i − j
 ``block_local_global`` gets block_size 64, halved while one block alone is wider than ρ·T (short
 sequences), the most local blocks whose local part alone keeps ≤ ρ of the pairs, and the number
 of global tokens that brings the kept fraction nearest ρ. "kept" is the fraction of query-key
-pairs ``surety.kernels.reference.attention_pattern`` keeps.
+pairs ``surety_serving.kernels.reference.attention_pattern`` keeps.
 
 Quality, per pattern × density × estimator: relative L2 error ‖Y − Y_dense‖ / ‖Y_dense‖ and the
 mean per-token cosine between Y and Y_dense, Y_dense being the ``dense`` pattern of the op.
@@ -53,15 +53,15 @@ from _timing import Timing, interleaved  # bench/ is the script's directory
 from onnx import TensorProto, helper
 from softmax import environment, session
 
-from surety import kernels
-from surety.data.fortunes import prepare_fortunes, read_jsonl
-from surety.export.encoder import (
+from surety_serving import kernels
+from surety_serving.data.fortunes import prepare_fortunes, read_jsonl
+from surety_serving.export.encoder import (
     EncodedBatch,
     default_encoder_dir,
     load_encoder,
     load_tokenizer,
 )
-from surety.kernels.reference import ESTIMATORS, attention_pattern
+from surety_serving.kernels.reference import ESTIMATORS, attention_pattern
 
 F32 = npt.NDArray[np.float32]
 

@@ -39,13 +39,13 @@ import onnxruntime as ort
 import orjson
 from serving import server
 
-from surety import kernels
-from surety.kernels.reference import ESTIMATORS
-from surety.optimize.options import OptimizeOptions, SparseOptions
-from surety.optimize.pipeline import optimize
-from surety.runtime.decoders import TextDecoder
-from surety.runtime.types import Tensor
-from surety.uncertainty.features import OfflineModel, feature_set
+from surety_serving import kernels
+from surety_serving.kernels.reference import ESTIMATORS
+from surety_serving.optimize.options import OptimizeOptions, SparseOptions
+from surety_serving.optimize.pipeline import optimize
+from surety_serving.runtime.decoders import TextDecoder
+from surety_serving.runtime.types import Tensor
+from surety_serving.uncertainty.features import OfflineModel, feature_set
 
 MODEL = "fortune-topics"
 UNBOUNDED = float("inf")  # the rewrites are measured here, not vouched for

@@ -8,7 +8,7 @@ how fast the ONNX judge is against torch.
    ``expected_score``, run end to end through ONNX Runtime); beside them the non-LLM reference,
    MiniLM-L6 cosine similarity of mean-pooled sentence embeddings. Every fitted method is fitted
    on the same STS-B train pairs the entry's fit used (its fit.json), split alike. Layer logits
-   are cached (surety.judge.extract), so a rerun costs seconds.
+   are cached (surety_serving.judge.extract), so a rerun costs seconds.
 2. **Speed** on the same dev prompts: the ONNX judge (``expected_score``, one session, batch 1)
    against plain torch ``model(..., output_hidden_states=True)`` at batch 1, rounds interleaved;
    then 8 concurrent clients on ``surety serve``'s ``/judge`` (dynamic batching) against torch
@@ -35,13 +35,13 @@ import httpx
 import numpy as np
 from serving import free_port, wait_ready
 
-from surety.judge.correlation import correlate
-from surety.judge.extract import layer_logits
-from surety.judge.fit import METHODS, StsbSample, stsb_sample
-from surety.judge.inputs import JudgeInputs
-from surety.judge.lager import escore, vscore
-from surety.judge.prompt import encode_prompts
-from surety.runtime.config import load_config
+from surety_serving.judge.correlation import correlate
+from surety_serving.judge.extract import layer_logits
+from surety_serving.judge.fit import METHODS, StsbSample, stsb_sample
+from surety_serving.judge.inputs import JudgeInputs
+from surety_serving.judge.lager import escore, vscore
+from surety_serving.judge.prompt import encode_prompts
+from surety_serving.runtime.config import load_config
 
 NAME = "stsb-judge"
 
@@ -60,7 +60,7 @@ def minilm_cosine(rows: list[dict[str, str]]) -> np.ndarray:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from surety.export.encoder import default_encoder_dir
+    from surety_serving.export.encoder import default_encoder_dir
 
     folder = default_encoder_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -87,7 +87,7 @@ def served_scores(entry: Path, rows: list[dict[str, str]]) -> np.ndarray:
     """The graph's own expected_score for every row (ONNX Runtime, the server's encoding)."""
     import onnxruntime as ort
 
-    from surety.runtime.session import session_options
+    from surety_serving.runtime.session import session_options
 
     spec = load_config(entry / "config.yaml").judge
     assert spec is not None
@@ -160,8 +160,8 @@ def speed(entry: Path, prompts: int, repository: Path) -> None:
     import onnxruntime as ort
     import torch
 
-    from surety.judge.source import fetch_smollm2
-    from surety.runtime.session import session_options
+    from surety_serving.judge.source import fetch_smollm2
+    from surety_serving.runtime.session import session_options
 
     spec = load_config(entry / "config.yaml").judge
     assert spec is not None

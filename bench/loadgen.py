@@ -128,7 +128,7 @@ def digits_requests(
 
 def fortune_texts() -> list[str]:
     """The fortunes test split (real entries of varying length), prepared as the build does."""
-    from surety.data.fortunes import prepare_fortunes, read_jsonl
+    from surety_serving.data.fortunes import prepare_fortunes, read_jsonl
 
     dataset = prepare_fortunes(log=lambda _: None)
     return [example.text for example in read_jsonl(dataset.test)]

@@ -3,7 +3,7 @@
 Two modes, ``--model digits`` (the default) and ``--model fortune-topics`` (text).
 
 Digits: five servers, each one process unless named, all serving the digits model (custom op
-from ``surety.kernels.library_path()``) with the same ONNX Runtime version and session options:
+from ``surety_serving.kernels.library_path()``) with the same ONNX Runtime version and session options:
 
 - ``surety (batching on)`` / ``surety (batching off)``: ``.venv/bin/surety serve --workers 1``,
   ``SURETY_BATCHING=true/false``;
@@ -57,10 +57,10 @@ from serving import free_port, wait_ready
 from sklearn.datasets import load_digits
 from text_serving import test_split
 
-from surety import kernels
-from surety.runtime.config import load_config
-from surety.runtime.decoders import TextDecoder, build_decoders
-from surety.runtime.types import Tensor
+from surety_serving import kernels
+from surety_serving.runtime.config import load_config
+from surety_serving.runtime.decoders import TextDecoder, build_decoders
+from surety_serving.runtime.types import Tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / "peers"

@@ -36,9 +36,9 @@ import numpy as np
 import orjson
 from sklearn.datasets import load_digits
 
-from surety.runtime.config import load_config
-from surety.runtime.session import OnnxSession
-from surety.settings import Settings
+from surety_serving.runtime.config import load_config
+from surety_serving.runtime.session import OnnxSession
+from surety_serving.settings import Settings
 
 MODEL = "digits"
 PATH = f"/v2/models/{MODEL}/infer"
@@ -187,7 +187,7 @@ def server(repository: Path, batching: bool) -> Iterator[int]:
     """A `surety serve` process; yields its port once ready."""
     port = free_port()
     env = {**os.environ, "SURETY_BATCHING": str(batching).lower(), "SURETY_LOG_LEVEL": "warning"}
-    command = [sys.executable, "-m", "surety.cli", "serve", "--port", str(port),
+    command = [sys.executable, "-m", "surety_serving.cli", "serve", "--port", str(port),
                "--model-repository", str(repository)]  # fmt: skip
     process = subprocess.Popen(command, env=env)
     try:
@@ -219,7 +219,7 @@ def repository_path(given: Path | None) -> Path:
     """The given repository, or the digits model built into a temporary one."""
     if given is not None:
         return given
-    from surety.models import digits
+    from surety_serving.models import digits
 
     root = Path(tempfile.mkdtemp(prefix="surety-bench-"))
     digits.build(root / MODEL, progress=False)

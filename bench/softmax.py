@@ -32,7 +32,7 @@ import onnxruntime as ort
 from _timing import Timing, interleaved  # bench/ is the script's directory
 from onnx import TensorProto, helper
 
-from surety import kernels
+from surety_serving import kernels
 
 SHAPES: list[tuple[int, int]] = [(16, 1_048_576), (256, 32_000), (6144, 512), (1, 10)]
 CROSSOVER_LENGTHS = [256, 1024, 4096, 8192, 16_384, 32_768, 65_536, 131_072, 262_144, 1_048_576]

@@ -31,10 +31,10 @@ import orjson
 import yaml
 from serving import Figures, load, measured, server
 
-from surety.runtime.config import load_config
-from surety.runtime.decoders import TextDecoder, build_decoders
-from surety.runtime.session import OnnxSession
-from surety.runtime.types import Tensor
+from surety_serving.runtime.config import load_config
+from surety_serving.runtime.decoders import TextDecoder, build_decoders
+from surety_serving.runtime.session import OnnxSession
+from surety_serving.runtime.types import Tensor
 
 MODEL = "fortune-topics"
 PATH = f"/v2/models/{MODEL}/score"

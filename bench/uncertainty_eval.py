@@ -3,7 +3,7 @@
 Per model (`digits`, `fortune-topics`, whichever the repository holds, calibrated):
 
 - OOD detection, in-distribution = the test split: every candidate of the detector registry
-  (`surety.uncertainty.ood.candidates`, fitted exactly as calibration fits them) on every
+  (`surety_serving.uncertainty.ood.candidates`, fitted exactly as calibration fits them) on every
   evaluation OOD set — AUROC and FPR at TPR 95% — with the served detector marked and its
   validation AUROC (what the selection rule saw) beside it. OOD sets: digits — uniform-noise
   images and pixel-shuffled test digits; fortune-topics — the held-out fortune topics `zippy`
@@ -34,15 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from surety.data.doc_text import prepare_doc_text
-from surety.uncertainty import SDM, FeatureSet, ServedOOD
-from surety.uncertainty.activation import KernelScaledSoftmax
-from surety.uncertainty.calibrate import ARTIFACT_DIR, softmax_rows, wilson_interval
-from surety.uncertainty.detectors import Detector, fit_detector
-from surety.uncertainty.evaluation import detection_metrics, selective_metrics
-from surety.uncertainty.features import OfflineModel, feature_set, read_jsonl
-from surety.uncertainty.ood import candidates
-from surety.uncertainty.sdm_training import train_sdm_head
+from surety_serving.data.doc_text import prepare_doc_text
+from surety_serving.uncertainty import SDM, FeatureSet, ServedOOD
+from surety_serving.uncertainty.activation import KernelScaledSoftmax
+from surety_serving.uncertainty.calibrate import ARTIFACT_DIR, softmax_rows, wilson_interval
+from surety_serving.uncertainty.detectors import Detector, fit_detector
+from surety_serving.uncertainty.evaluation import detection_metrics, selective_metrics
+from surety_serving.uncertainty.features import OfflineModel, feature_set, read_jsonl
+from surety_serving.uncertainty.ood import candidates
+from surety_serving.uncertainty.sdm_training import train_sdm_head
 
 SEED = 0
 

@@ -1,7 +1,7 @@
 """Request bodies for the locust profiles: real digits and real fortunes, no download.
 
 Digits are scikit-learn's bundled set. Fortunes are the test split of the fortunes corpus when it
-has been prepared on this machine (``make run`` or ``python -m surety.data.fortunes`` does it,
+has been prepared on this machine (``make run`` or ``python -m surety_serving.data.fortunes`` does it,
 under ``data/fortunes`` or ``$SURETY_FORTUNES_DIR``); otherwise a few texts written for these
 profiles stand in, so the profiles also run from a machine that never built the models.
 """
@@ -78,7 +78,7 @@ def digits_binary(rows: int) -> tuple[bytes, dict[str, str]]:
 def fortune_texts() -> tuple[str, ...]:
     """The fortunes test split when it is prepared here, else :data:`SAMPLE_TEXTS`."""
     # Imported here: the service package is only needed for the real corpus.
-    from surety.data.fortunes import default_cache_dir, read_jsonl
+    from surety_serving.data.fortunes import default_cache_dir, read_jsonl
 
     split = default_cache_dir() / "splits" / "seed-0" / "test.jsonl"
     if not split.is_file():

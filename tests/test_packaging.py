@@ -39,7 +39,12 @@ def test_the_root_resolves_into_the_checkout():
     surety = importlib.import_module("surety")
     portions = {Path(p).resolve() for p in surety.__path__}
     assert {REPO / "service" / "surety", REPO / "kernels" / "surety"} <= portions
-    for module in ("surety.cli", "surety.main", "surety.kernels", "surety.kernels.reference"):
+    for module in (
+        "surety_serving.cli",
+        "surety_serving.main",
+        "surety_serving.kernels",
+        "surety_serving.kernels.reference",
+    ):
         file = Path(importlib.import_module(module).__file__ or "").resolve()
         assert file.is_relative_to(REPO), (module, file)
 
@@ -101,8 +106,8 @@ with torch.no_grad():
     logits = model(torch.tensor([[1, 2, 3]])).logits
 assert logits.shape == (1, 3, 32)
 
-from surety import kernels as ours
-from surety.kernels import reference
+from surety_serving import kernels as ours
+from surety_serving.kernels import reference
 options = ort.SessionOptions()
 options.register_custom_ops_library(ours.library_path())
 node = helper.make_node("TwoPassSoftmax", ["X"], ["Y"], domain=ours.DOMAIN)
@@ -117,7 +122,7 @@ x = np.linspace(-3, 3, 10, dtype=np.float32).reshape(2, 5)
 (y,) = session.run(None, {"X": x})
 np.testing.assert_allclose(y, reference.two_pass_softmax(x)[0], rtol=1e-6, atol=1e-7)
 print("hf-kernels", kernels.__file__, "transformers", transformers.__version__,
-      "surety.kernels", ours.isa())
+      "surety_serving.kernels", ours.isa())
 """
 
 

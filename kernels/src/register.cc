@@ -1,5 +1,5 @@
 // Library entry points: RegisterCustomOps (called by ORT) and SuretyKernelsIsa (called by
-// Python's surety.kernels.isa()). The ops of the ai.surety domain are listed once, in kOps.
+// Python's surety_serving.kernels.isa()). The ops of the ai.surety domain are listed once, in kOps.
 #include <onnxruntime_cxx_api.h>
 
 #include <mutex>

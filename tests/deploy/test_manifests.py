@@ -30,12 +30,12 @@ import pytest
 import yaml
 from fastapi.routing import APIRoute
 
-from surety.api import ROUTERS
-from surety.api.security import Access
-from surety.cli import DEFAULT_MODELS
-from surety.main import create_app
-from surety.metrics import Metrics
-from surety.settings import Settings
+from surety_serving.api import ROUTERS
+from surety_serving.api.security import Access
+from surety_serving.cli import DEFAULT_MODELS
+from surety_serving.main import create_app
+from surety_serving.metrics import Metrics
+from surety_serving.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

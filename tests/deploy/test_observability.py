@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import yaml
 
-from surety.metrics import Metrics
+from surety_serving.metrics import Metrics
 from tests.deploy.prometheus import (
     DEPLOY_TOOLS,
     PROMETHEUS_CONFIG,
@@ -103,7 +103,7 @@ def test_scrape_config_targets_the_compose_service():
 
 
 def test_recording_rules_use_only_metrics_the_server_exports():
-    """Every metric a rule reads is one service/surety/metrics.py registers (a renamed metric would
+    """Every metric a rule reads is one service/surety_serving/metrics.py registers (a renamed metric would
     otherwise leave a rule, and its panel, silently empty)."""
     exported = exported_series_names()
     for name, expr in recording_rules().items():
@@ -369,7 +369,7 @@ def served_repository(tmp_path_factory) -> tuple[Path, str, str]:
         "\n*** model_repository/ is not built: building digits and the tiny text model for "
         "the observability test (run `make run` once to use the default models) ***"
     )
-    from surety.models import digits
+    from surety_serving.models import digits
     from tests.service import textmodel
 
     work = tmp_path_factory.mktemp("observability_models")
@@ -385,7 +385,7 @@ def surety_server(repository: Path, workdir: Path) -> Iterator[str]:
     scrapes in production is a process, not an app in the test's thread); its URL once ready."""
     port = free_port()
     cli = Path(sys.executable).with_name("surety")
-    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "surety.cli"]
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "surety_serving.cli"]
     log_path = workdir / "surety.log"
     env = {**os.environ, "SURETY_LOG_LEVEL": "warning"}
     with log_path.open("w") as log:

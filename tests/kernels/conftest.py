@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from surety import kernels
-from surety.kernels import reference
+from surety_serving import kernels
+from surety_serving.kernels import reference
 
 ISA_VARIANTS_INC = Path(__file__).resolve().parents[2] / "kernels" / "src" / "isa_variants.inc"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from surety import kernels
+from surety_serving import kernels
 from tests.kernels.conftest import ISAS, make_session, softmax_model
 
 

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from surety import kernels
-from surety.kernels import reference
+from surety_serving import kernels
+from surety_serving.kernels import reference
 from tests.kernels.conftest import make_session
 
 F32 = npt.NDArray[np.float32]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surety.kernels.reference import ESTIMATORS, attention_pattern, sparse_attention
+from surety_serving.kernels.reference import ESTIMATORS, attention_pattern, sparse_attention
 
 
 def direct_attention(

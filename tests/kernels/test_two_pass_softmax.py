@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from surety.kernels import reference
+from surety_serving.kernels import reference
 from tests.kernels.conftest import (
     ALGORITHMS,
     RELOAD,

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
-from surety.export.classifier import ExportResult
-from surety.models import digits
-from surety.runtime.config import load_config
-from surety.runtime.session import OnnxSession
-from surety.settings import Settings
+from surety_serving.export.classifier import ExportResult
+from surety_serving.models import digits
+from surety_serving.runtime.config import load_config
+from surety_serving.runtime.session import OnnxSession
+from surety_serving.settings import Settings
 from tests.service import textmodel
 from tests.service.helpers import running_server
 

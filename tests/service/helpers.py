@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from surety.runtime.session import OnnxSession
-from surety.server import build_server
-from surety.settings import Settings
+from surety_serving.runtime.session import OnnxSession
+from surety_serving.server import build_server
+from surety_serving.settings import Settings
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from surety.cli import (
+from surety_serving.cli import (
     COMMANDS,
     DEFAULT_MODELS,
     DEFAULTS_FORMAT,
@@ -22,7 +22,10 @@ from surety.cli import (
 
 def test_every_command_has_help():
     result = subprocess.run(
-        [sys.executable, "-m", "surety.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "surety_serving.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for command in COMMANDS:
         assert command.name in result.stdout
@@ -154,7 +157,7 @@ def test_the_command_line_shows_progress_messages_on_stderr(tmp_path):
     stamp(root / "fortune-topics", DEFAULTS_FORMAT)
     args = ["build-defaults", "--model-repository", str(root), "--only", "fortune-topics"]
     result = subprocess.run(
-        [sys.executable, "-m", "surety.cli", *args],
+        [sys.executable, "-m", "surety_serving.cli", *args],
         capture_output=True,
         text=True,
         check=True,
@@ -168,7 +171,7 @@ def test_a_message_during_a_progress_bar_is_written_above_it():
 
     from tqdm import tqdm
 
-    from surety.cli import _BarSafeHandler
+    from surety_serving.cli import _BarSafeHandler
 
     stream = io.StringIO()
     handler = _BarSafeHandler(stream)

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from surety.settings import Settings
+from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import image_request, running_server
 

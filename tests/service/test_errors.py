@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from surety import errors
+from surety_serving import errors
 
 CASES = [
     (errors.InvalidInputError("input 'x' is bad"), 400, False, "input 'x' is bad"),

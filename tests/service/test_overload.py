@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from surety.settings import Settings
+from surety_serving.settings import Settings
 from tests.service.helpers import running_server
 
 LOADGEN = Path(__file__).resolve().parents[2] / "bench" / "loadgen.py"

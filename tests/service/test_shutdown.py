@@ -32,7 +32,14 @@ def test_sigterm_drains_then_exits_0_without_losing_requests(repository, images,
     }
     log_path = tmp_path / "server.log"
     log = log_path.open("w")
-    command = [sys.executable, "-m", "surety.cli", "serve", "--model-repository", str(repository)]
+    command = [
+        sys.executable,
+        "-m",
+        "surety_serving.cli",
+        "serve",
+        "--model-repository",
+        str(repository),
+    ]
     server = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=log)
     try:
         wait_ready(url, server, log_path)

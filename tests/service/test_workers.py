@@ -15,10 +15,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from surety import settings as settings_module
-from surety.cli import parser
-from surety.metrics import cpu_seconds
-from surety.settings import Settings
+from surety_serving import settings as settings_module
+from surety_serving.cli import parser
+from surety_serving.metrics import cpu_seconds
+from surety_serving.settings import Settings
 from tests.service.helpers import free_port, image_request, wait_ready
 
 WORKERS = 2
@@ -61,7 +61,14 @@ def test_two_workers_share_the_load_count_it_once_and_exit_0(repository, images,
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp_path / "server.log"
     log = log_path.open("w")
-    command = [sys.executable, "-m", "surety.cli", "serve", "--model-repository", str(repository)]
+    command = [
+        sys.executable,
+        "-m",
+        "surety_serving.cli",
+        "serve",
+        "--model-repository",
+        str(repository),
+    ]
     server = subprocess.Popen(
         [*command, "--port", str(port), "--workers", str(WORKERS)], env=env, stdout=log, stderr=log
     )

@@ -6,8 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from surety.data.fortunes import Example, prepare_fortunes, read_jsonl, write_jsonl
-from surety.export.classifier import ExportResult, FineTuning, TrainingConfig, export_classifier
+from surety_serving.data.fortunes import Example, prepare_fortunes, read_jsonl, write_jsonl
+from surety_serving.export.classifier import (
+    ExportResult,
+    FineTuning,
+    TrainingConfig,
+    export_classifier,
+)
 
 NAME = "tiny-topics"
 VERSION = 3

@@ -1,6 +1,6 @@
 // SparseAttention's algorithm, apart from ORT: flash-style tiles over the blocks the sparse
 // pattern touches, an online softmax per query row, and the estimate of the softmax mass and
-// output outside the sparse set (Re-ttention's correction). Semantics: surety.kernels.reference's
+// output outside the sparse set (Re-ttention's correction). Semantics: surety_serving.kernels.reference's
 // sparse_attention, documented in docs/kernels.md.
 #pragma once
 

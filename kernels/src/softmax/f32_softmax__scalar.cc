@@ -1,5 +1,5 @@
 // The scalar softmax microkernels: the reference every vectorized variant is tested against (all
-// of them must agree with it, and with surety.kernels.reference, within the op's tolerance) and the
+// of them must agree with it, and with surety_serving.kernels.reference, within the op's tolerance) and the
 // path used on CPUs without AVX2.
 //
 // Clarity and accuracy over speed: the exponentials are evaluated in double precision (std::exp

@@ -14,9 +14,9 @@ import pytest
 import tritonclient.http as triton_http
 from pydantic import SecretStr
 
-from surety.api.security import KeyRing, load_keyring, read_digests
-from surety.main import create_app
-from surety.settings import Settings
+from surety_serving.api.security import KeyRing, load_keyring, read_digests
+from surety_serving.main import create_app
+from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import image_request, running_server
 

@@ -1,4 +1,4 @@
-"""The inference fast path (surety.api.fast) answers as the FastAPI routes do: the same requests
+"""The inference fast path (surety_serving.api.fast) answers as the FastAPI routes do: the same requests
 sent to a server with it and to one without it (every request routed) get the same status,
 body, headers and metrics, for answers and for every kind of refusal, keys on."""
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-import surety.main
-from surety.settings import Settings
+import surety_serving.main
+from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import image_request, running_server
 
@@ -36,7 +36,7 @@ def servers(repository: Path) -> Iterator[dict[str, httpx.Client]]:
     """``fast``: as served; ``routed``: the same app with the fast path left out."""
     settings = Settings(model_repository=repository, api_keys=(SecretStr(KEY),))
     with running_server(settings) as fast_url, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(surety.main, "InferenceFastPath", lambda keyring: None)
+        patch.setattr(surety_serving.main, "InferenceFastPath", lambda keyring: None)
         with running_server(settings) as routed_url:
             patch.undo()
             with (

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from surety.settings import Settings
+from surety_serving.settings import Settings
 from tests.service import textmodel
 from tests.service.textmodel import text_request
 

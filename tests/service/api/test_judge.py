@@ -15,11 +15,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from surety.export.judge import JudgePrompt, export_judge
-from surety.judge.prompt import encode_prompts, load_tokenizer
-from surety.runtime.config import load_config
-from surety.runtime.session import session_options
-from surety.settings import Settings
+from surety_serving.export.judge import JudgePrompt, export_judge
+from surety_serving.judge.prompt import encode_prompts, load_tokenizer
+from surety_serving.runtime.config import load_config
+from surety_serving.runtime.session import session_options
+from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import running_server
 from tests.service.judge.tinylm import build_tiny_llama
@@ -72,7 +72,7 @@ def direct(root: Path, rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
     )
     names = [o.name for o in session.get_outputs()]
     tokenizer = load_tokenizer(str(root / JUDGE / "1" / spec.tokenizer))
-    from surety.judge.inputs import JudgeInputs
+    from surety_serving.judge.inputs import JudgeInputs
 
     template = JudgeInputs(spec, root / JUDGE / "1").template
     outputs: dict[str, list[np.ndarray]] = {n: [] for n in names}

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from surety.errors import ERRORS
+from surety_serving.errors import ERRORS
 
 INFERENCE_ROUTES = [
     f"/v2/models/{{model}}{version}/{route}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from surety.api import pacing
-from surety.api.pacing import RetryPacer
+from surety_serving.api import pacing
+from surety_serving.api.pacing import RetryPacer
 
 CLIENT = ("127.0.0.1", 40000)
 

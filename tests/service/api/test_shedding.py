@@ -10,9 +10,9 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from surety.api import ROUTERS
-from surety.api.fast import INFERENCE_PATH
-from surety.settings import Settings
+from surety_serving.api import ROUTERS
+from surety_serving.api.fast import INFERENCE_PATH
+from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 from tests.service.helpers import image_request, running_server
 

@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from surety import kernels
-from surety.export.classifier import ExportResult
-from surety.export.encoder import EncodedBatch
+from surety_serving import kernels
+from surety_serving.export.classifier import ExportResult
+from surety_serving.export.encoder import EncodedBatch
 from tests.service import textmodel
 from tests.service.textmodel import binary_text_request, text_request
 

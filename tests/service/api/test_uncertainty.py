@@ -12,10 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
-from surety.runtime.config import load_config
-from surety.runtime.repository import load_uncertainty
-from surety.settings import Settings
-from surety.uncertainty.served import UNCERTAINTY_OUTPUTS
+from surety_serving.runtime.config import load_config
+from surety_serving.runtime.repository import load_uncertainty
+from surety_serving.settings import Settings
+from surety_serving.uncertainty.served import UNCERTAINTY_OUTPUTS
 from tests.service.helpers import image_request, run_direct, running_server
 
 SCORE = ["probabilities", "predicted_index", "predicted_label"]
@@ -120,7 +120,7 @@ def test_a_model_without_artifacts_answers_409(uncalibrated, images):
 def test_broken_artifacts_fail_the_version_with_the_file_named(repository, tmp_path):
     shutil.copytree(repository / "digits", tmp_path / "digits")
     (tmp_path / "digits" / "1" / "uncertainty" / "sdm.npz").write_bytes(b"not a zip")
-    from surety.runtime.repository import load_repository
+    from surety_serving.runtime.repository import load_repository
 
     entry = load_repository(tmp_path, 1)["digits"]
     assert not entry.versions

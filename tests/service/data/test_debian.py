@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from surety.data.debian import STAMP_NAME, DebianError, download_packages, read_stamp
+from surety_serving.data.debian import STAMP_NAME, DebianError, download_packages, read_stamp
 
 
 def _no_apt(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,7 +22,7 @@ def test_a_stamped_cache_is_used_without_apt(
     (tmp_path / "root" / "usr" / "share" / "doc" / "pkg").mkdir(parents=True)
     stamp = {"suite": "bookworm", "packages": [{"file": "pkg_1_all.deb", "sha256": "00"}]}
     (tmp_path / STAMP_NAME).write_text(json.dumps(stamp), encoding="utf-8")
-    caplog.set_level(logging.INFO, logger="surety.data")
+    caplog.set_level(logging.INFO, logger="surety_serving.data")
     root = download_packages(tmp_path, ["pkg"], [Path("usr/share/doc/pkg")])
     assert root == tmp_path / "root"
     assert read_stamp(tmp_path) == stamp

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from surety.data import doc_text, fortunes
-from surety.data.debian import STAMP_NAME
-from surety.data.doc_text import (
+from surety_serving.data import doc_text, fortunes
+from surety_serving.data.debian import STAMP_NAME
+from surety_serving.data.doc_text import (
     keep_paragraph,
     prepare_doc_text,
     roff_paragraphs,
@@ -21,7 +21,7 @@ from surety.data.doc_text import (
     sample_paragraphs,
     text_paragraphs,
 )
-from surety.data.fortunes import read_jsonl
+from surety_serving.data.fortunes import read_jsonl
 
 # --------------------------------------------------------------------------------------------
 # Paragraph filter
@@ -180,7 +180,7 @@ def test_prepare_writes_each_set_once_without_downloading(
 ) -> None:
     docs, fortune_dir = caches
     monkeypatch.setattr("shutil.which", lambda _: None)  # any download attempt would fail
-    caplog.set_level(logging.INFO, logger="surety.data")
+    caplog.set_level(logging.INFO, logger="surety_serving.data")
     paths = prepare_doc_text(docs, seed=2, fortunes_dir=fortune_dir)
     assert paths == {
         "manpages": docs / "sets" / "seed-2" / "manpages.jsonl",

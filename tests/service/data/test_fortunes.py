@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from surety.data import fortunes
-from surety.data.fortunes import (
+from surety_serving.data import fortunes
+from surety_serving.data.fortunes import (
     Example,
     FortunesError,
     load_topics,
@@ -180,7 +180,7 @@ def test_prepare_splits_a_local_corpus_once(
         entries = [f"{topic} entry {i}" for i in range(20)]
         (topic_dir / topic).write_bytes(("\n%\n".join(entries) + "\n%\n").encode())
     (tmp_path / "corpus.json").write_text("{}", encoding="utf-8")
-    caplog.set_level(logging.INFO, logger="surety.data")
+    caplog.set_level(logging.INFO, logger="surety_serving.data")
     dataset = prepare_fortunes(tmp_path, seed=1, topics=("a", "b"), ood_topics=("ood",))
     assert dataset.labels == ("a", "b")
     assert [len(read_jsonl(p)) for p in (dataset.train, dataset.calibration, dataset.test)] == [

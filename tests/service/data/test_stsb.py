@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surety.data import stsb
-from surety.data.stsb import (
+from surety_serving.data import stsb
+from surety_serving.data.stsb import (
     StsbError,
     StsbPair,
     bytes_to_unicode,
@@ -212,7 +212,7 @@ def test_prepare_decodes_checks_and_caches(
     monkeypatch.setattr(stsb, "EXPECTED_SIZES", {"train": 3, "dev": 3})
     monkeypatch.setattr(stsb, "FIRST_TRAIN_PAIR", EXPECTED[0])
     _unpacked_cache(tmp_path)
-    caplog.set_level(logging.INFO, logger="surety.data")
+    caplog.set_level(logging.INFO, logger="surety_serving.data")
     dataset = prepare_stsb(tmp_path)
     assert dataset.counts == {"train": 3, "dev": 3}
     assert read_jsonl(dataset.train) == EXPECTED and read_jsonl(dataset.dev) == EXPECTED

@@ -13,9 +13,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from surety import kernels
-from surety.data.fortunes import Example, read_jsonl, write_jsonl
-from surety.export.classifier import (
+from surety_serving import kernels
+from surety_serving.data.fortunes import Example, read_jsonl, write_jsonl
+from surety_serving.export.classifier import (
     TOKEN_OUTPUT,
     ExportError,
     ExportResult,
@@ -23,14 +23,14 @@ from surety.export.classifier import (
     read_export_metadata,
     repository_config,
 )
-from surety.export.common import ort_session
-from surety.export.encoder import (
+from surety_serving.export.common import ort_session
+from surety_serving.export.encoder import (
     EncodedBatch,
     build_pooled_classifier,
     default_encoder_dir,
     load_encoder,
 )
-from surety.runtime.config import ModelConfig, load_config
+from surety_serving.runtime.config import ModelConfig, load_config
 from tests.service import textmodel
 
 HIDDEN = 384

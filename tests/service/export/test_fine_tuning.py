@@ -17,10 +17,10 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from surety.cli import parser
-from surety.data.fortunes import Example, read_jsonl, write_jsonl
-from surety.export import commands, fine_tuning
-from surety.export.classifier import (
+from surety_serving.cli import parser
+from surety_serving.data.fortunes import Example, read_jsonl, write_jsonl
+from surety_serving.export import commands, fine_tuning
+from surety_serving.export.classifier import (
     TOKEN_OUTPUT,
     ExportError,
     ExportResult,
@@ -29,8 +29,8 @@ from surety.export.classifier import (
     export_classifier,
     read_export_metadata,
 )
-from surety.export.common import ort_session
-from surety.export.encoder import (
+from surety_serving.export.common import ort_session
+from surety_serving.export.encoder import (
     EncodedBatch,
     build_pooled_classifier,
     default_encoder_dir,
@@ -38,8 +38,8 @@ from surety.export.encoder import (
     load_tokenizer,
     mean_pool,
 )
-from surety.models.torch_threads import one_torch_thread
-from surety.runtime.config import load_config
+from surety_serving.models.torch_threads import one_torch_thread
+from surety_serving.runtime.config import load_config
 
 LAYERS = 3
 HIDDEN = 32

@@ -12,26 +12,26 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from surety import kernels
-from surety.cli import main as surety
-from surety.export.judge import (
+from surety_serving import kernels
+from surety_serving.cli import main as surety
+from surety_serving.export.judge import (
     JudgeExport,
     JudgePrompt,
     ScoreTokenError,
     export_judge,
     validate_score_tokens,
 )
-from surety.judge.graph import LAYER_WEIGHTS, set_layer_weights
-from surety.judge.prompt import (
+from surety_serving.judge.graph import LAYER_WEIGHTS, set_layer_weights
+from surety_serving.judge.prompt import (
     EncodedPrompts,
     PromptTooLongError,
     encode_prompts,
     load_tokenizer,
 )
-from surety.kernels.reference import expected_score
-from surety.optimize.options import OptimizeOptions
-from surety.runtime.config import load_config
-from surety.runtime.session import session_options
+from surety_serving.kernels.reference import expected_score
+from surety_serving.optimize.options import OptimizeOptions
+from surety_serving.runtime.config import load_config
+from surety_serving.runtime.session import session_options
 from tests.service.judge.tinylm import build_tiny_llama
 
 LAYERS = 2
@@ -384,7 +384,7 @@ def test_config_refuses_inconsistent_judge_sections(exported):
     import yaml
     from pydantic import ValidationError
 
-    from surety.runtime.config import ModelConfig
+    from surety_serving.runtime.config import ModelConfig
 
     good = yaml.safe_load((exported.model_root / "config.yaml").read_text())
     ModelConfig.model_validate(good)

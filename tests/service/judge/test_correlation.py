@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surety.judge.correlation import (
+from surety_serving.judge.correlation import (
     average_ranks,
     bootstrap_interval,
     correlate,

@@ -12,13 +12,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from surety.export.judge import JudgePrompt, export_judge
-from surety.judge.extract import CACHE_DIR, layer_logits
-from surety.judge.fit import FIT_RECORD, METHODS, StsbSample, fit_judge
-from surety.judge.inputs import JudgeInputs
-from surety.judge.lager import append_constant_layer, center_logits, expected_score
-from surety.runtime.config import load_config
-from surety.runtime.session import session_options
+from surety_serving.export.judge import JudgePrompt, export_judge
+from surety_serving.judge.extract import CACHE_DIR, layer_logits
+from surety_serving.judge.fit import FIT_RECORD, METHODS, StsbSample, fit_judge
+from surety_serving.judge.inputs import JudgeInputs
+from surety_serving.judge.lager import append_constant_layer, center_logits, expected_score
+from surety_serving.runtime.config import load_config
+from surety_serving.runtime.session import session_options
 from tests.service.judge.tinylm import build_tiny_llama, tokenizer_words
 
 USER = "Sentence A : {text_a} . Sentence B : {text_b} . Rate how"
@@ -45,7 +45,7 @@ def rows(count: int, seed: int) -> list[dict[str, str]]:
 
 
 def test_logits_are_extracted_once(judge, caplog):
-    caplog.set_level(logging.INFO, logger="surety.judge")
+    caplog.set_level(logging.INFO, logger="surety_serving.judge")
     sample = rows(12, seed=1)
     first = layer_logits(judge, sample)
     again = layer_logits(judge, sample)
@@ -59,7 +59,7 @@ def test_logits_are_extracted_once(judge, caplog):
     session = ort.InferenceSession(
         str(judge / "1" / "model.onnx"), session_options(1), ["CPUExecutionProvider"]
     )
-    from surety.runtime.types import Tensor
+    from surety_serving.runtime.types import Tensor
 
     for i, row in enumerate(sample[:3]):
         fields = {
@@ -98,7 +98,7 @@ def test_the_best_method_on_validation_is_written_and_served(judge):
     config = load_config(judge / "config.yaml")
     assert config.judge is not None
     inputs = JudgeInputs(config.judge, judge / "1")
-    from surety.runtime.types import Tensor
+    from surety_serving.runtime.types import Tensor
 
     row = sample_rows[0]
     fields = {

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surety.judge.correlation import spearman
-from surety.judge.fitting import PROBE_L2_GRID, FitResult, fit_lager, fit_probe, fit_signed
-from surety.judge.lager import (
+from surety_serving.judge.correlation import spearman
+from surety_serving.judge.fitting import PROBE_L2_GRID, FitResult, fit_lager, fit_probe, fit_signed
+from surety_serving.judge.lager import (
     DEFAULT_SCORE_VALUES,
     append_constant_layer,
     center_logits,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surety.judge.lager import (
+from surety_serving.judge.lager import (
     DEFAULT_SCORE_VALUES,
     aggregate_logits,
     append_constant_layer,
@@ -21,7 +21,7 @@ from surety.judge.lager import (
     uniform_weights,
     vscore,
 )
-from surety.kernels import reference
+from surety_serving.kernels import reference
 
 V = np.asarray(DEFAULT_SCORE_VALUES)
 B, L, K = 16, 7, 5

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surety.judge.prompt import (
+from surety_serving.judge.prompt import (
     TRUNCATION_MARKER,
     PromptTemplate,
     PromptTooLongError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from surety.export.judge import DEFAULT_USER_TEMPLATE, sample_rows
+from surety_serving.export.judge import DEFAULT_USER_TEMPLATE, sample_rows
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

@@ -8,8 +8,8 @@ import onnx
 import pytest
 import torch
 
-from surety import kernels
-from surety.models import digits
+from surety_serving import kernels
+from surety_serving.models import digits
 from tests.service.helpers import run_direct
 
 

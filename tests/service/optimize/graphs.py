@@ -16,9 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from surety import kernels
-from surety.kernels import reference
-from surety.optimize.options import SparseOptions
+from surety_serving import kernels
+from surety_serving.kernels import reference
+from surety_serving.optimize.options import SparseOptions
 
 OPSET = 18
 # ONNX Runtime 1.21 (the oldest the kernels support) reads IR version 10.
@@ -120,7 +120,7 @@ def export_bert(path: str) -> onnx.ModelProto:
         num_hidden_layers=2,
         vocab_size=VOCAB,
     )
-    # SDPA attention, transformers' default, as surety.export.encoder.load_encoder asks for.
+    # SDPA attention, transformers' default, as surety_serving.export.encoder.load_encoder asks for.
     bert: Any = BertModel(config)
     bert.eval()
 

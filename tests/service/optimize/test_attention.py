@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from surety.optimize.options import DriftError, OptimizeOptions, SparseOptions
-from surety.optimize.pipeline import optimize, optimize_file, rewrite
-from surety.optimize.verify import sample_inputs
+from surety_serving.optimize.options import DriftError, OptimizeOptions, SparseOptions
+from surety_serving.optimize.pipeline import optimize, optimize_file, rewrite
+from surety_serving.optimize.verify import sample_inputs
 from tests.service.optimize.graphs import (
     HEAD_SIZE,
     HEADS,

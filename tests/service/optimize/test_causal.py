@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from surety.optimize.options import OptimizeOptions, SparseOptions
-from surety.optimize.pipeline import optimize, rewrite
+from surety_serving.optimize.options import OptimizeOptions, SparseOptions
+from surety_serving.optimize.pipeline import optimize, rewrite
 from tests.service.optimize.graphs import floats, make_model, node_of, ops, run_ort, scalar
 
 HEADS, SIZE, VALUE_SIZE = 2, 4, 3

@@ -9,15 +9,15 @@ from pathlib import Path
 import onnx
 import pytest
 
-from surety.export.classifier import (
+from surety_serving.export.classifier import (
     ExportResult,
     FineTuning,
     TrainingConfig,
     export_classifier,
 )
-from surety.optimize.options import OptimizeOptions
-from surety.optimize.pipeline import optimize_file
-from surety.runtime.config import load_config
+from surety_serving.optimize.options import OptimizeOptions
+from surety_serving.optimize.pipeline import optimize_file
+from surety_serving.runtime.config import load_config
 from tests.service.optimize.graphs import ops
 
 

@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import helper
 
-from surety.cli import main
-from surety.optimize.options import OptimizeOptions
-from surety.optimize.pipeline import optimize_file, uses_external_data
+from surety_serving.cli import main
+from surety_serving.optimize.options import OptimizeOptions
+from surety_serving.optimize.pipeline import optimize_file, uses_external_data
 from tests.service.optimize.graphs import floats, make_model, ops, scalar
 
 WIDTH = 512  # a bias of 2 KiB: above onnx's 1 KiB threshold for external data

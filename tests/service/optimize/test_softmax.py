@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from surety.kernels import reference
-from surety.optimize.options import OptimizeOptions
-from surety.optimize.pipeline import optimize, rewrite
+from surety_serving.kernels import reference
+from surety_serving.optimize.options import OptimizeOptions
+from surety_serving.optimize.pipeline import optimize, rewrite
 from tests.service.optimize.graphs import (
     floats,
     initializer,

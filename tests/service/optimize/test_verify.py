@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from surety.optimize.verify import difference, drift, magnitude
+from surety_serving.optimize.verify import difference, drift, magnitude
 
 
 def affine(scale: float, shift: float) -> onnx.ModelProto:

@@ -11,10 +11,10 @@ import numpy as np
 import orjson
 import pytest
 
-from surety.errors import InvalidInputError
-from surety.protocol.codec import MAX_DIMS, decode_request, encode_response
-from surety.protocol.datatypes import NUMPY_DTYPES, datatype_of
-from surety.runtime.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from surety_serving.errors import InvalidInputError
+from surety_serving.protocol.codec import MAX_DIMS, decode_request, encode_response
+from surety_serving.protocol.datatypes import NUMPY_DTYPES, datatype_of
+from surety_serving.runtime.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 SAMPLES = {
     "BOOL": np.array([[True, False, True], [False, False, True]]),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from surety.runtime import dataplane
-from surety.runtime.dataplane import BurstAllowance
+from surety_serving.runtime import dataplane
+from surety_serving.runtime.dataplane import BurstAllowance
 
 
 def test_a_burst_takes_the_allowance_then_meets_the_limit():

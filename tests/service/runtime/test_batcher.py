@@ -11,16 +11,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from surety.errors import (
+from surety_serving.errors import (
     DeadlineExceededError,
     DrainingError,
     InferenceFailedError,
     QueueFullError,
 )
-from surety.metrics import Metrics
-from surety.runtime import batcher as batcher_module
-from surety.runtime.batcher import Batcher, BatchPolicy
-from surety.runtime.session import Feeds
+from surety_serving.metrics import Metrics
+from surety_serving.runtime import batcher as batcher_module
+from surety_serving.runtime.batcher import Batcher, BatchPolicy
+from surety_serving.runtime.session import Feeds
 
 
 def feeds(images: np.ndarray) -> Feeds:

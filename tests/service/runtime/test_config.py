@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from surety.errors import ConfigError
-from surety.models.digits import repository_config
-from surety.runtime.config import load_config
+from surety_serving.errors import ConfigError
+from surety_serving.models.digits import repository_config
+from surety_serving.runtime.config import load_config
 
 
 def write(tmp_path: Path, config: object) -> Path:

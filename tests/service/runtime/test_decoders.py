@@ -14,10 +14,10 @@ import pytest
 import yaml
 from tokenizers import AddedToken, Encoding, Tokenizer, normalizers, pre_tokenizers
 
-from surety.errors import InvalidInputError
-from surety.export.classifier import ExportResult
-from surety.runtime.config import InputSpec, load_config
-from surety.runtime.decoders import (
+from surety_serving.errors import InvalidInputError
+from surety_serving.export.classifier import ExportResult
+from surety_serving.runtime.config import InputSpec, load_config
+from surety_serving.runtime.decoders import (
     BUDGET_GROWTH,
     CHARS_PER_TOKEN,
     TextDecoder,
@@ -25,8 +25,8 @@ from surety.runtime.decoders import (
     cut_points,
     pad_values,
 )
-from surety.runtime.repository import load_entry
-from surety.runtime.types import Tensor
+from surety_serving.runtime.repository import load_entry
+from surety_serving.runtime.types import Tensor
 from tests.service import textmodel
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from surety.errors import ConfigError
-from surety.runtime.repository import load_repository
-from surety.settings import Settings
+from surety_serving.errors import ConfigError
+from surety_serving.runtime.repository import load_repository
+from surety_serving.settings import Settings
 from tests.service.helpers import image_request, running_server
 
 
@@ -47,7 +47,7 @@ def mixed_server(mixed_repository: Path):
 
 
 def test_broken_config_is_logged_with_file_and_field(mixed_repository, caplog):
-    with caplog.at_level(logging.ERROR, logger="surety.runtime.repository"):
+    with caplog.at_level(logging.ERROR, logger="surety_serving.runtime.repository"):
         entries = load_repository(mixed_repository, intra_op_threads=1)
     assert entries["digits"].versions.keys() == {1}
     messages = "\n".join(record.getMessage() for record in caplog.records)

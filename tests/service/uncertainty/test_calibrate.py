@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from surety.cli import main
-from surety.uncertainty import SDM, ServedOOD
+from surety_serving.cli import main
+from surety_serving.uncertainty import SDM, ServedOOD
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from surety.uncertainty import detectors
-from surety.uncertainty.base import ArtifactError, FeatureSet
-from surety.uncertainty.detectors import DETECTORS, Combined, Detector, fit_detector
-from surety.uncertainty.ood import CandidateSpec, candidates
+from surety_serving.uncertainty import detectors
+from surety_serving.uncertainty.base import ArtifactError, FeatureSet
+from surety_serving.uncertainty.detectors import DETECTORS, Combined, Detector, fit_detector
+from surety_serving.uncertainty.ood import CandidateSpec, candidates
 
 from .conftest import gaussian_classes
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from surety.uncertainty.evaluation import (
+from surety_serving.uncertainty.evaluation import (
     binomial_tolerance,
     detection_metrics,
     expected_calibration_error,

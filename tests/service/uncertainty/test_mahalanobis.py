@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.covariance import EmpiricalCovariance
 
-from surety.uncertainty.mahalanobis import TapGaussian, prepared
+from surety_serving.uncertainty.mahalanobis import TapGaussian, prepared
 
 from .conftest import gaussian_classes
 

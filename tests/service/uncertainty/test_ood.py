@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from surety.uncertainty.base import ArtifactError, FeatureSet
-from surety.uncertainty.ood import CandidateSpec, ServedOOD, candidates
-from surety.uncertainty.selection import RULE_BEST, RULE_FALLBACK, select
+from surety_serving.uncertainty.base import ArtifactError, FeatureSet
+from surety_serving.uncertainty.ood import CandidateSpec, ServedOOD, candidates
+from surety_serving.uncertainty.selection import RULE_BEST, RULE_FALLBACK, select
 
 from .test_detectors import TAPS, TOKEN, every_candidate, far_away, in_distribution
 

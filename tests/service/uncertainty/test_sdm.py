@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surety.uncertainty import SDM, ArtifactError, FeatureSet
-from surety.uncertainty.sdm import (
+from surety_serving.uncertainty import SDM, ArtifactError, FeatureSet
+from surety_serving.uncertainty.sdm import (
     dkw_epsilon,
     ecdf_below,
     high_reliability_region,

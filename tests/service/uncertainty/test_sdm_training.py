@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from surety.uncertainty.sdm_training import train_sdm_head
+from surety_serving.uncertainty.sdm_training import train_sdm_head
 
 from .conftest import gaussian_classes
 
