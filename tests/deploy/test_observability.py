@@ -375,7 +375,7 @@ def served_repository(tmp_path_factory) -> tuple[Path, str, str]:
     work = tmp_path_factory.mktemp("observability_models")
     text = textmodel.build(work)
     repository = text.model_root.parent
-    digits.build(repository / "digits", progress=False, echo=lambda _: None)
+    digits.build(repository / "digits", progress=False)
     return repository, "digits", text.model_root.name
 
 

@@ -24,7 +24,7 @@ from tests.service import textmodel
 def digits_build(tmp_path_factory: pytest.TempPathFactory) -> digits.DigitsBuild:
     """The real default model, trained and exported once per test session."""
     root = tmp_path_factory.mktemp("model_repository")
-    return digits.build(root / "digits", progress=False, echo=lambda _: None)
+    return digits.build(root / "digits", progress=False)
 
 
 @pytest.fixture(scope="session")

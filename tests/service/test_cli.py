@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def test_serve_arguments_parse():
     assert (args.port, str(args.model_repository), args.host) == (9000, "/tmp/r", None)
 
 
-def test_build_defaults_keeps_existing_entries(repository, tmp_path, capsys):
+def test_build_defaults_keeps_existing_entries(repository, tmp_path, caplog):
     # Every default entry exists (fortune-topics and stsb-judge as stand-in folders: never built
     # in tests).
     root = tmp_path / "repo"
@@ -44,8 +45,9 @@ def test_build_defaults_keeps_existing_entries(repository, tmp_path, capsys):
         (root / name).mkdir(exist_ok=True)
         stamp(root / name, DEFAULTS_FORMAT)
     before = (root / "digits" / "config.yaml").stat().st_mtime_ns
+    caplog.set_level(logging.INFO, logger="surety_serving")
     assert main(["build-defaults", "--model-repository", str(root)]) == 0
-    out = capsys.readouterr().out
+    out = caplog.text
     assert all(
         f"{name}: {root / name} exists; --force rebuilds it" in out for name in DEFAULT_MODELS
     )
@@ -56,15 +58,16 @@ def stamp(entry: Path, version: int) -> None:
     (entry / DEFAULTS_STAMP).write_text(json.dumps({"format": version}))
 
 
-def test_build_defaults_rebuilds_entries_of_an_older_format(repository, tmp_path, capsys):
+def test_build_defaults_rebuilds_entries_of_an_older_format(repository, tmp_path, caplog):
     root = tmp_path / "repo"
     shutil.copytree(repository / "digits", root / "digits")
     stamp(root / "digits", DEFAULTS_FORMAT - 1)
     for stand_in in ("fortune-topics", "stsb-judge"):  # never built in tests
         (root / stand_in).mkdir()
         stamp(root / stand_in, DEFAULTS_FORMAT)
+    caplog.set_level(logging.INFO, logger="surety_serving")
     assert main(["build-defaults", "--model-repository", str(root), "--quiet"]) == 0
-    out = capsys.readouterr().out
+    out = caplog.text
     assert f"digits: {root / 'digits'} was built by an older Surety (format 1)" in out
     assert "fortune-topics: " + str(root / "fortune-topics") + " exists" in out
     assert built_format(root / "digits") == DEFAULTS_FORMAT
@@ -94,11 +97,88 @@ def test_export_classifier_keeps_an_existing_version(tmp_path, capsys):
     assert "exists; --force replaces it" in capsys.readouterr().err
 
 
-def test_build_defaults_only_builds_the_named_models(tmp_path, capsys):
+def test_build_defaults_only_builds_the_named_models(tmp_path, caplog):
     root = tmp_path / "repo"
     (root / "fortune-topics").mkdir(parents=True)
     stamp(root / "fortune-topics", DEFAULTS_FORMAT)
     args = ["build-defaults", "--model-repository", str(root), "--only", "fortune-topics"]
+    caplog.set_level(logging.INFO, logger="surety_serving")
     assert main(args) == 0
-    assert "fortune-topics: " + str(root / "fortune-topics") + " exists" in capsys.readouterr().out
+    assert "fortune-topics: " + str(root / "fortune-topics") + " exists" in caplog.text
     assert sorted(p.name for p in root.iterdir()) == ["fortune-topics"]
+
+
+def _labeled(path: Path, labels: list[str]) -> Path:
+    path.write_text(
+        "".join(
+            json.dumps({"text": f"text {i}", "label": label}) + "\n"
+            for i, label in enumerate(labels)
+        )
+    )
+    return path
+
+
+def test_export_classifier_reports_a_failed_check_without_a_traceback(tmp_path, capsys):
+    # Like `surety export judge`: an ExportError is one message and exit status 1, and the
+    # repository is left as it was (no entry, no hidden work folder).
+    train = _labeled(tmp_path / "train.jsonl", ["a", "b", "z"])
+    root = tmp_path / "repo"
+    argv = ["export", "classifier", "--train", str(train), "--test", str(train), "--name", "m"]
+    assert main([*argv, "--labels", "a,b", "--model-repository", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "export classifier: labels ['z'] are not among ('a', 'b'); nothing written" in err
+    assert "Traceback" not in err
+    assert list(root.iterdir()) == []
+
+
+def test_export_classifier_reports_a_missing_file(tmp_path, capsys):
+    root = tmp_path / "repo"
+    argv = ["export", "classifier", "--train", str(tmp_path / "none.jsonl"), "--test", "b"]
+    assert main([*argv, "--name", "m", "--model-repository", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("export classifier: ") and "none.jsonl" in err
+    assert list(root.iterdir()) == []
+
+
+def test_export_judge_reports_a_missing_model_alike(tmp_path, capsys):
+    root = tmp_path / "repo"
+    argv = ["export", "judge", "--model", str(tmp_path / "no-model"), "--name", "j"]
+    assert main([*argv, "--model-repository", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("export judge: ") and "no-model" in err and "nothing written" in err
+    assert list(root.iterdir()) == []
+
+
+def test_the_command_line_shows_progress_messages_on_stderr(tmp_path):
+    # configure_logging, run by main: the surety.* loggers' INFO messages reach stderr, with the
+    # logger's name; stdout stays for results.
+    root = tmp_path / "repo"
+    (root / "fortune-topics").mkdir(parents=True)
+    stamp(root / "fortune-topics", DEFAULTS_FORMAT)
+    args = ["build-defaults", "--model-repository", str(root), "--only", "fortune-topics"]
+    result = subprocess.run(
+        [sys.executable, "-m", "surety_serving.cli", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "INFO surety_serving: fortune-topics: " in result.stderr and "exists" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_message_during_a_progress_bar_is_written_above_it():
+    import io
+
+    from tqdm import tqdm
+
+    from surety_serving.cli import _BarSafeHandler
+
+    stream = io.StringIO()
+    handler = _BarSafeHandler(stream)
+    record = logging.LogRecord("surety.x", logging.INFO, __file__, 1, "epoch 1 done", None, None)
+    with tqdm(total=2, file=stream, desc="bar", ascii=True) as bar:
+        bar.update(1)
+        handler.emit(record)
+        bar.update(1)
+    lines = stream.getvalue().replace("\r", "\n").splitlines()
+    assert "epoch 1 done" in lines  # a line of its own, not glued to the bar

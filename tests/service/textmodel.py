@@ -34,7 +34,7 @@ def subset(examples: list[Example], per_label: int) -> list[Example]:
 
 def build(work: Path) -> ExportResult:
     """Export the tiny model into ``work/repo/tiny-topics`` (a servable repository)."""
-    dataset = prepare_fortunes(seed=0, log=lambda _: None)
+    dataset = prepare_fortunes(seed=0)
     train, test = work / "train.jsonl", work / "test.jsonl"
     write_jsonl(train, subset(read_jsonl(dataset.train), TRAIN_PER_TOPIC))
     write_jsonl(test, subset(read_jsonl(dataset.test), TEST_PER_TOPIC))
@@ -51,7 +51,6 @@ def build(work: Path) -> ExportResult:
         fine_tuning=FineTuning(layers=0),
         training=TrainingConfig(epochs=200),
         show_progress=False,
-        log=lambda _: None,
     )
 
 

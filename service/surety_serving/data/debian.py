@@ -11,14 +11,16 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
-import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEBIAN_KEYRING",
@@ -26,7 +28,6 @@ __all__ = [
     "DEBIAN_SUITE",
     "STAMP_NAME",
     "DebianError",
-    "Log",
     "download_packages",
     "locked",
     "read_stamp",
@@ -37,12 +38,6 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 STAMP_NAME = "corpus.json"
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(f"debian: {message}", file=sys.stderr, flush=True)
 
 
 class DebianError(RuntimeError):
@@ -91,7 +86,6 @@ def download_packages(
     *,
     suite: str = DEBIAN_SUITE,
     mirror: str = DEBIAN_MIRROR,
-    log: Log = _stderr,
 ) -> Path:
     """Fetch ``packages`` from Debian and unpack them into ``cache_dir/root``; returns that root.
 
@@ -113,7 +107,7 @@ def download_packages(
     if not DEBIAN_KEYRING.is_file():
         raise DebianError(f"{DEBIAN_KEYRING} is missing (package debian-archive-keyring)")
 
-    log(f"downloading {' '.join(packages)} from Debian {suite} into {cache_dir}")
+    log.info(f"downloading {' '.join(packages)} from Debian {suite} into {cache_dir}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="debian-apt-") as tmp:
         work = Path(tmp)
@@ -131,11 +125,11 @@ def download_packages(
             "-oAPT::Sandbox::User=root",
             "-oDebug::NoLocking=1",
         ]
-        log("apt-get update (private package lists)")
+        log.info("apt-get update (private package lists)")
         # Without --error-on=any a failed fetch still exits 0, and the download step would
         # then report a misleading "Unable to locate package".
         _run("apt-get update", ["apt-get", "-q", "--error-on=any", *apt_options, "update"])
-        log("apt-get download")
+        log.info("apt-get download")
         _run(
             "apt-get download",
             ["apt-get", "-q", *apt_options, "download", *packages],
@@ -147,7 +141,7 @@ def download_packages(
         staging = cache_dir / "root.partial"
         shutil.rmtree(staging, ignore_errors=True)
         for deb in debs:
-            log(f"unpacking {deb.name}")
+            log.info(f"unpacking {deb.name}")
             _run(f"dpkg -x {deb.name}", ["dpkg", "-x", str(deb), str(staging)])
         missing = [str(path) for path in expect if not (staging / path).is_dir()]
         if missing:
@@ -162,5 +156,5 @@ def download_packages(
         json.dumps({"suite": suite, "mirror": mirror, "packages": files}, indent=2) + "\n",
         encoding="utf-8",
     )
-    log(f"packages unpacked in {root}")
+    log.info(f"packages unpacked in {root}")
     return root

@@ -1,24 +1,6 @@
 """English prose from Debian documentation, as far-out-of-distribution sets for the fortunes.
 
-Two sets, each from its own package and its own source format, so that tuning OOD detection on
-one and testing it on the other says something about text the tuning never saw:
-
-* ``manpages`` (the far-OOD *test* set): the Linux man-pages (package ``manpages``), converted
-  from roff to plain text by :func:`roff_paragraphs`. Only running prose is kept: the NAME,
-  SYNOPSIS and SEE ALSO sections and no-fill blocks (code examples, tables) are skipped.
-* ``debian-policy`` (the far-OOD *validation* set): the Debian Policy Manual's plain-text
-  rendering, ``usr/share/doc/debian-policy/policy.txt.gz`` (package ``debian-policy``), split
-  on blank lines by :func:`text_paragraphs`.
-
-A paragraph is kept when, its whitespace collapsed, it has at least 40 characters and six
-words made of letters (which drops headings, code and lists of names); it is cut to about
-1000 characters. Each set is deduplicated, stripped of any text that is also an entry of the
-fortunes in-distribution topics (no text on both sides), sorted and then shuffled by a generator
-seeded with the seed, and capped at 600 paragraphs.
-
-Usage::
-
-    python -m surety_serving.data.doc_text [--cache-dir DIR] [--seed N]
+docs/models.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations
@@ -26,6 +8,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
 import os
 import re
 import string
@@ -39,12 +22,13 @@ import numpy as np
 from surety_serving.data import fortunes
 from surety_serving.data.debian import (
     DebianError,
-    Log,
     download_packages,
     locked,
     read_stamp,
     repo_root,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -114,10 +98,6 @@ _ARGUMENT = re.compile(r'"((?:[^"]|"")*)"?|((?:\\.|\S)+)')
 _RULE = re.compile(r"^\s*([=\-*~^#+_])\1{2,}\s*$")
 _CONTENTS_ENTRY = re.compile(r"^\s*\*\s+\d+(?:\.\d+)*\.\s")
 _FOOTNOTE_MARK = re.compile(r"\s*\[\d+\]")
-
-
-def _stderr(message: str) -> None:
-    print(f"doc_text: {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +264,6 @@ def prepare_doc_text(
     *,
     seed: int = 0,
     fortunes_dir: Path | None = None,
-    log: Log = _stderr,
 ) -> dict[str, Path]:
     """Download (once) the packages of :data:`SETS`, extract and sample their paragraphs, and
     write ``<cache_dir>/sets/seed-<seed>/<set>.jsonl`` (``{"text", "label": <set>}`` lines)
@@ -301,10 +280,9 @@ def prepare_doc_text(
             cache_dir,
             [text_set.package for text_set in SETS.values()],
             [text_set.provides for text_set in SETS.values()],
-            log=log,
         )
         with locked(fortunes_dir):
-            fortunes_topic_dir = fortunes.download_corpus(fortunes_dir, log=log)
+            fortunes_topic_dir = fortunes.download_corpus(fortunes_dir)
             fortunes_stamp = read_stamp(fortunes_dir)
         parameters = {
             "format_version": FORMAT_VERSION,
@@ -320,7 +298,7 @@ def prepare_doc_text(
         if manifest_path.is_file() and all(p.is_file() for p in paths.values()):
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             if manifest.get("parameters") == parameters:
-                log(f"sets cached in {out}")
+                log.info(f"sets cached in {out}")
                 return paths
 
         in_distribution = fortunes.load_topics(fortunes_topic_dir, fortunes.IN_DISTRIBUTION_TOPICS)
@@ -338,7 +316,7 @@ def prepare_doc_text(
             encoding="utf-8",
         )
         totals = ", ".join(f"{name} {c['sampled']}" for name, c in counts.items())
-        log(f"sets written to {out}: {totals}")
+        log.info(f"sets written to {out}: {totals}")
         return paths
 
 
@@ -359,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from surety_serving.cli import configure_logging
+
+    configure_logging()
     try:
         paths = prepare_doc_text(args.cache_dir, seed=args.seed)
     except DebianError as exc:

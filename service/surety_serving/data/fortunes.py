@@ -1,38 +1,13 @@
 """Debian's ``fortunes`` cookie files as a labeled text corpus: one file per topic.
 
-The corpus comes from the Debian packages ``fortunes`` and ``fortunes-min``, fetched with
-``apt-get download`` against a private apt state (nothing is installed system-wide) and unpacked
-with ``dpkg -x`` into a cache folder. Each topic file holds entries separated by lines that
-contain only ``%``; the ``.dat`` (strfile index) and ``.u8`` (symlink) files are ignored.
-
-Decoding is per entry, not per file: an entry that is valid UTF-8 is read as UTF-8, any other
-entry as Latin-1. Old fortune files predate UTF-8 and were Latin-1; deciding per entry keeps a
-single stray byte from turning the valid UTF-8 of a whole file into mojibake, and Latin-1 maps
-every byte, so nothing is dropped or replaced. (Debian's bookworm files are all valid UTF-8; the
-fallback is for other versions of the corpus and hand-made files.)
-
-Whitespace is collapsed to single spaces: fortune files hard-wrap at ~72 columns and indent
-attributions, layout that carries no topic information, and the BERT tokenizer treats every
-whitespace run alike anyway. Overstrikes (``X\\bX`` / ``_\\bX``, the nroff way of writing bold
-and underline) keep the struck character, and other control characters (bells) are dropped.
-
-Splits are stratified per topic and deterministic for a seed: each topic is shuffled with its own
-generator seeded by (seed, topic name), so adding a topic leaves the other topics' splits alone.
-Texts that occur under two different in-distribution topics are dropped (their label is
-ambiguous), duplicates within a topic are kept once, and OOD entries that also occur
-in-distribution are dropped, so that no text sits on both sides of any split. The OOD
-*validation* topics (for choosing OOD thresholds and settings) are held out from everything
-else: their entries that also occur in-distribution or in an OOD test topic are dropped.
-
-Usage::
-
-    python -m surety_serving.data.fortunes [--cache-dir DIR] [--seed N]
+docs/models.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -49,13 +24,14 @@ from surety_serving.data.debian import (
     DEBIAN_MIRROR,
     DEBIAN_SUITE,
     DebianError,
-    Log,
     download_packages,
     locked,
     read_stamp,
     repo_root,
 )
 from surety_serving.data.jsonl import read_records, write_records
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -110,10 +86,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 # The corpus fails the ways its download does; one class lets callers catch both.
 FortunesError = DebianError
-
-
-def _stderr(message: str) -> None:
-    print(f"fortunes: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -308,15 +280,12 @@ def download_corpus(
     *,
     suite: str = DEBIAN_SUITE,
     mirror: str = DEBIAN_MIRROR,
-    log: Log = _stderr,
 ) -> Path:
     """Fetch and unpack ``fortunes`` + ``fortunes-min`` under ``cache_dir``; returns the topic dir.
 
     Cached: when ``cache_dir/corpus.json`` exists the download is skipped.
     """
-    root = download_packages(
-        cache_dir, PACKAGES, (TOPIC_SUBDIR,), suite=suite, mirror=mirror, log=log
-    )
+    root = download_packages(cache_dir, PACKAGES, (TOPIC_SUBDIR,), suite=suite, mirror=mirror)
     return root / TOPIC_SUBDIR
 
 
@@ -351,7 +320,7 @@ def prepare_fortunes(
     topics: Sequence[str] = IN_DISTRIBUTION_TOPICS,
     ood_topics: Sequence[str] = OOD_TOPICS,
     ood_validation_topics: Sequence[str] | None = None,
-    log: Log = _stderr,
+    log: object = None,
 ) -> FortunesDataset:
     """Download (once), parse, deduplicate and split the corpus; write JSONL files (once).
 
@@ -363,13 +332,17 @@ def prepare_fortunes(
     ``ood_validation_topics=None`` means :data:`OOD_VALIDATION_TOPICS` with the default
     ``topics`` and ``ood_topics``, and none with a choice of one's own: those topics were picked
     to be held out from the default ones, and need not exist in a hand-made corpus.
+
+    Progress goes to this module's logger. ``log`` is ignored: bench/loadgen.py still passes
+    ``log=`` (that file is being split on another branch); drop it once no caller does.
     """
+    del log
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if ood_validation_topics is None:
         defaults = tuple(topics) == IN_DISTRIBUTION_TOPICS and tuple(ood_topics) == OOD_TOPICS
         ood_validation_topics = OOD_VALIDATION_TOPICS if defaults else ()
     with locked(cache_dir):
-        return _prepare(cache_dir, seed, fractions, topics, ood_topics, ood_validation_topics, log)
+        return _prepare(cache_dir, seed, fractions, topics, ood_topics, ood_validation_topics)
 
 
 def _prepare(
@@ -379,9 +352,8 @@ def _prepare(
     topics: Sequence[str],
     ood_topics: Sequence[str],
     ood_validation_topics: Sequence[str],
-    log: Log,
 ) -> FortunesDataset:
-    topic_dir = download_corpus(cache_dir, log=log)
+    topic_dir = download_corpus(cache_dir)
     parameters = _split_parameters(
         seed, fractions, topics, ood_topics, ood_validation_topics, read_stamp(cache_dir)
     )
@@ -405,10 +377,10 @@ def _prepare(
         if manifest.get("parameters") == parameters and all(
             p.is_file() for p in dataset.split_paths().values()
         ):
-            log(f"splits cached in {out}")
+            log.info(f"splits cached in {out}")
             return FortunesDataset(**{**dataset.__dict__, "counts": manifest["counts"]})
 
-    log(
+    log.info(
         f"parsing {len(topics)} in-distribution, {len(ood_topics)} OOD and "
         f"{len(ood_validation_topics)} OOD validation topics"
     )
@@ -443,7 +415,7 @@ def _prepare(
         encoding="utf-8",
     )
     totals = ", ".join(f"{name} {sum(c.values())}" for name, c in counts.items())
-    log(f"splits written to {out}: {totals}")
+    log.info(f"splits written to {out}: {totals}")
     return FortunesDataset(**{**dataset.__dict__, "counts": counts})
 
 
@@ -455,6 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from surety_serving.cli import configure_logging
+
+    configure_logging()
     try:
         dataset = prepare_fortunes(args.cache_dir, seed=args.seed)
     except FortunesError as exc:

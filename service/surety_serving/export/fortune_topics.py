@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -21,11 +21,13 @@ from surety_serving.data.fortunes import prepare_fortunes
 from surety_serving.export.classifier import ExportResult, FineTuning, export_classifier
 from surety_serving.uncertainty.calibrate import CalibrationOptions, calibrate_entry, describe
 
+log = logging.getLogger(__name__)
+
 __all__ = ["MODEL_NAME", "build", "build_fortune_topics", "main"]
 
 MODEL_NAME = "fortune-topics"
-#: SDM's reliability level: at 0.95 the 11-topic model (84% accurate, 11 to 157 calibration texts
-#: per topic) leaves SDM almost nothing it can vouch for.
+#: SDM's reliability level, below the default 0.95: with eleven noisy topics and few calibration
+#: texts for some of them, 0.95 leaves SDM almost nothing it can vouch for (docs/uncertainty.md).
 SDM_ALPHA = 0.9
 #: Fortunes are short (90th percentile ~110 tokens): 128 truncates few, and fine-tuning's cost
 #: grows with the padded length.
@@ -88,11 +90,13 @@ def build(entry: Path, progress: bool = True) -> ExportResult:
         result = build_fortune_topics(Path(work), show_progress=progress)
         shutil.rmtree(entry, ignore_errors=True)
         result.model_root.rename(entry)
-    print(
-        f"{MODEL_NAME}: held-out test accuracy {result.test_accuracy:.4f} "
-        f"({result.num_test} texts, {len(result.labels)} topics), "
-        f"built in {time.perf_counter() - start:.0f} s",
-        flush=True,
+    log.info(
+        "%s: held-out test accuracy %.4f (%d texts, %d topics), built in %.0f s",
+        MODEL_NAME,
+        result.test_accuracy,
+        result.num_test,
+        len(result.labels),
+        time.perf_counter() - start,
     )
     splits = json.loads((entry / "export.json").read_text())["data"]["splits"]
     options = CalibrationOptions(
@@ -104,7 +108,7 @@ def build(entry: Path, progress: bool = True) -> ExportResult:
         test=Path(splits["test"]),
     )
     report = calibrate_entry(entry, result.version, options)
-    print(f"{MODEL_NAME}: calibrated uncertainty ({describe(report)})", flush=True)
+    log.info("%s: calibrated uncertainty (%s)", MODEL_NAME, describe(report))
     return result
 
 
@@ -117,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", type=int, default=1)
     args = parser.parse_args(argv)
+    from surety_serving.cli import configure_logging
+
+    configure_logging()
     start = time.perf_counter()
     result = build_fortune_topics(
         args.out,
@@ -136,10 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             indent=2,
         )
     )
-    print(
-        f"fortune-topics: test accuracy {result.test_accuracy:.4f}, built in {elapsed:.1f} s",
-        file=sys.stderr,
-    )
+    log.info("%s: test accuracy %.4f, built in %.1f s", MODEL_NAME, result.test_accuracy, elapsed)
     return 0
 
 

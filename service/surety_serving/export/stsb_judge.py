@@ -10,8 +10,8 @@ bench/judge.py's (docs/judge.md), not the build's.
 
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,39 +19,35 @@ from pathlib import Path
 from surety_serving.export.judge import JudgePrompt, export_judge
 from surety_serving.judge.fit import fit_judge, judge_scale, stsb_sample
 
+log = logging.getLogger(__name__)
+
 MODEL_NAME = "stsb-judge"
-#: STS-B train pairs the build fits on (a quarter of them for selection): about 2 minutes of
-#: SmolLM2 forward passes here, and the probe's dev Spearman is already near its full-data value
-#: (docs/judge.md).
+#: STS-B train pairs the build fits on (a quarter of them for selection): a few minutes of
+#: SmolLM2 forward passes, and the probe's dev Spearman is already near its full-data value
+#: (docs/judge.md measures both).
 TRAIN_PAIRS = 1000
 #: STS-B's sentences make prompts of ~100 tokens; this bounds what a request can cost.
 MAX_PROMPT_TOKENS = 512
 
 
-def _stderr(message: str) -> None:
-    print(f"{MODEL_NAME}: {message}", file=sys.stderr, flush=True)
-
-
-def _quiet(message: str) -> None:
-    del message
-
-
 def build(entry: Path, progress: bool = True) -> None:
     """``surety build-defaults``' hook: export, fit, and leave the entry at ``entry``."""
-    log = _stderr if progress else _quiet
+    del progress  # no progress bars here: the steps report through logging
     start = time.perf_counter()
     entry.parent.mkdir(parents=True, exist_ok=True)
     # The export records its name: it runs in a hidden folder beside ``entry``, then moves.
     with tempfile.TemporaryDirectory(dir=entry.parent, prefix=f".{MODEL_NAME}.") as work:
         prompt = JudgePrompt(max_prompt_tokens=MAX_PROMPT_TOKENS)
-        result = export_judge(None, Path(work), MODEL_NAME, prompt=prompt, log=log)
+        result = export_judge(None, Path(work), MODEL_NAME, prompt=prompt)
         shutil.rmtree(entry, ignore_errors=True)
         result.model_root.rename(entry)
     sample = stsb_sample("train", TRAIN_PAIRS, judge_scale(entry))
-    record = fit_judge(entry, sample, log=log)
+    record = fit_judge(entry, sample)
     chosen = record["validation_spearman"][record["method"]]
-    print(
-        f"{MODEL_NAME}: layer weights by {record['method']} (validation Spearman {chosen:+.3f}), "
-        f"built in {time.perf_counter() - start:.0f} s",
-        flush=True,
+    log.info(
+        "%s: layer weights by %s (validation Spearman %+.3f), built in %.0f s",
+        MODEL_NAME,
+        record["method"],
+        chosen,
+        time.perf_counter() - start,
     )

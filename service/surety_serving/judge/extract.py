@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +28,14 @@ from surety_serving.judge.inputs import JudgeInputs
 from surety_serving.judge.prompt import encode_prompts
 from surety_serving.runtime.config import CONFIG_FILE, load_config
 
+log = logging.getLogger(__name__)
+
 CACHE_DIR = "fit-cache"
 EXPORT_RECORD = "export.json"
 #: Prompts per ORT run: enough to share the per-run cost, few enough that padding stays short.
 BATCH_SIZE = 8
 
-Log = Callable[[str], None]
 Rows = Sequence[Mapping[str, str]]
-
-
-def _stderr(message: str) -> None:
-    print(f"fit-judge: {message}", file=sys.stderr, flush=True)
 
 
 def cache_key(entry: Path, rows: Rows) -> str:
@@ -58,15 +55,14 @@ def layer_logits(
     *,
     version: int = 1,
     threads: int | None = None,
-    log: Log = _stderr,
 ) -> npt.NDArray[np.float32]:
     """``layer_logits`` [N, L+1, K] of the judge at ``entry`` for ``rows``; cached."""
     cache = entry / CACHE_DIR / f"layer-logits-{cache_key(entry, rows)}.npy"
     if cache.is_file():
         cached: npt.NDArray[np.float32] = np.load(cache)
-        log(f"{len(rows)} prompts: layer logits from {cache}")
+        log.info(f"{len(rows)} prompts: layer logits from {cache}")
         return cached
-    logits = compute_layer_logits(entry, rows, version=version, threads=threads, log=log)
+    logits = compute_layer_logits(entry, rows, version=version, threads=threads)
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(".partial.npy")
     np.save(partial, logits)
@@ -80,7 +76,6 @@ def compute_layer_logits(
     *,
     version: int = 1,
     threads: int | None = None,
-    log: Log = _stderr,
 ) -> npt.NDArray[np.float32]:
     """Run the judge's graph up to ``layer_logits`` for every row (no cache)."""
     import onnxruntime as ort
@@ -119,5 +114,8 @@ def compute_layer_logits(
         if done % 10 == 0 or finished == len(rows):
             elapsed = time.monotonic() - started
             eta = elapsed / finished * (len(rows) - finished)
-            log(f"layer logits {finished}/{len(rows)} prompts, {elapsed:.0f} s (~{eta:.0f} s left)")
+            log.info(
+                "layer logits %d/%d prompts, %.0f s (~%.0f s left)",
+                *(finished, len(rows), elapsed, eta),
+            )
     return out

@@ -1,29 +1,12 @@
 """``surety fit-judge``: fit a judge's layer weights on STS-B's human similarity judgments.
 
-1. A fixed sample of STS-B **train** pairs (``seed``), split into a fitting part and a
-   validation part; STS-B's 0..5 labels are mapped onto the judge's score scale.
-2. The judge's ``layer_logits`` of every sampled prompt, computed once
-(surety_serving.judge.extract).
-3. Every method of ``METHODS`` is fitted on the fitting part, and the one whose expected scores
-   rank the validation pairs best (Spearman) is written into the graph
-   (``set_layer_weights``); the dev split is never looked at here (bench/judge.py evaluates
-   on it).
-
-The methods, in the order they are tried (ties go to the earlier, simpler one):
-
-- ``uniform``: LAGER without tuning, w = 1/(L+1);
-- ``lager``: LAGER's tuned weights, w = softmax(θ), as its released code fits them;
-- ``signed_layer``: w [L+1] without the softmax, so a layer may count against a score;
-- ``signed_layer_score``: W [L+1, K] on each layer's logits centred over the K scores;
-- ``probe``: W [L+1, K] and a per-score bias on the centred logits, fitted by L-BFGS on the
-  squared error of the expected score (surety_serving.judge.fitting.fit_probe).
-
-The fit's record goes to ``<entry>/fit.json`` and the ``layer_weights`` entry of export.json.
+docs/judge.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from surety_serving.judge.correlation import spearman
-from surety_serving.judge.extract import EXPORT_RECORD, Log, _stderr, layer_logits
+from surety_serving.judge.extract import EXPORT_RECORD, layer_logits
 from surety_serving.judge.lager import (
     append_constant_layer,
     center_logits,
@@ -44,6 +27,8 @@ from surety_serving.judge.lager import (
     uniform_weights,
 )
 from surety_serving.runtime.config import CONFIG_FILE, load_config
+
+log = logging.getLogger(__name__)
 
 FIT_RECORD = "fit.json"
 #: STS-B's label range; the judge's score values give the other end of the mapping.
@@ -155,7 +140,6 @@ def fit_judge(
     validation_fraction: float = 0.25,
     methods: tuple[str, ...] = tuple(METHODS),
     version: int = 1,
-    log: Log = _stderr,
 ) -> dict[str, Any]:
     """Fit on the first part of ``sample``, select on the rest, write the weights; returns the
     record (also in fit.json)."""
@@ -166,16 +150,16 @@ def fit_judge(
     if spec is None:
         raise ValueError(f"{entry} is not a judge")
     values = np.asarray(spec.score_values, dtype=np.float64)
-    z = layer_logits(entry, sample.rows, version=version, log=log).astype(np.float64)
+    z = layer_logits(entry, sample.rows, version=version).astype(np.float64)
     cut = round(len(z) * (1 - validation_fraction))
     fit_z, fit_y, val_z, val_y = z[:cut], sample.labels[:cut], z[cut:], sample.labels[cut:]
-    log(f"fitting on {cut} STS-B train pairs, selecting on {len(val_z)}")
+    log.info(f"fitting on {cut} STS-B train pairs, selecting on {len(val_z)}")
     validation = {"escore_final_layer": spearman(escore(val_z, values), val_y)}
     fitted: dict[str, Fitted] = {}
     for name in methods:
         fitted[name] = METHODS[name](fit_z, fit_y, val_z, val_y, values)
         validation[name] = spearman(fitted[name].scores(val_z, values), val_y)
-        log(f"{name}: validation Spearman {validation[name]:+.3f}")
+        log.info(f"{name}: validation Spearman {validation[name]:+.3f}")
     best = max(methods, key=lambda name: (validation[name], -methods.index(name)))
     chosen = fitted[best]
     set_layer_weights(
@@ -198,5 +182,5 @@ def fit_judge(
     export = json.loads(export_path.read_text("utf-8"))
     export["layer_weights"] = {"initializer": "layer_weights", "fitted": True, **record}
     export_path.write_text(json.dumps(export, indent=2) + "\n", "utf-8")
-    log(f"kept {best} (validation Spearman {validation[best]:+.3f}); weights written")
+    log.info(f"kept {best} (validation Spearman {validation[best]:+.3f}); weights written")
     return record

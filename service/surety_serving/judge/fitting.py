@@ -1,40 +1,6 @@
 """Fitting LAGER's aggregation weights on labelled items, and our signed extensions.
 
-All fitters minimise, per mini-batch, the loss of LAGER's released code:
-
-    loss = σ(a) · CE(z̄, t) + (1 − σ(a)) · (s* − y)²
-
-where ``z̄`` is the aggregated logit vector, ``s* = Σ_k v_k softmax(z̄)_k``, ``y`` the human score
-*on the judge's score scale* (STS-B's 0..5 is mapped to 1..5 by the caller, see
-:func:`surety_serving.judge.lager.rescale`), ``t`` the index of the score value nearest to ``y``,
-and
-``a`` a learned scalar initialised at 0.5, so the optimiser also chooses the balance between the
-cross-entropy and the squared error. Optimisation as in that code: Adam at learning rate 0.01,
-batch 4, seed 42, ``ReduceLROnPlateau(factor=0.5, patience=1)``; here the scheduler watches the
-validation loss, and after every epoch the weights are kept if their validation MSE of ``s*``
-is the best so far (MSE rather than the loss itself: the loss moves with the learned ``a``, so
-two epochs' losses are not measured in the same units).
-
-* :func:`fit_lager`: ``w = softmax(θ)``, θ initialised at 0, i.e. uniform LAGER: non-negative
-  weights summing to 1.
-* :func:`fit_signed`: weights without the softmax, so a layer can count *against* a score
-  (``kind="layer"``: w [L]; ``kind="layer_score"``: W [L, K], one weight per layer and score).
-  Initialised at uniform LAGER (1/L) and pulled back towards it by an L2 penalty
-  λ·‖W − 1/L‖² per batch (towards uniform rather than 0: shrinking signed weights to 0 would
-  also flatten the softmax); λ is chosen on the validation split. With ``bias=True``
-  (``layer_score`` only) a constant layer of ones is appended, and its row of W, penalised
-  towards 0, is a per-score bias.
-
-  By default each layer's logits are first centred over the K scores
-  (:func:`~surety_serving.judge.lager.center_logits`): a no-op for w [L], and what makes W [L, K]
-  work on a raw logit lens, whose large common level per layer otherwise swamps the signal
-  (SmolLM2-135M's raw lens on 900 STS-B pairs: dev Spearman ≈ +0.03 uncentred, +0.2 to +0.3
-  centred). The result's ``centered`` says that the graph must centre the same way.
-
-LAGER's code aggregates the embedding output and decoder layers 1..L−1, dropping the final
-(post-norm) entry; which entries to pass is the caller's choice.
-
-torch is imported inside the functions: serving imports :mod:`surety_serving.judge` without it.
+docs/judge.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations
@@ -325,7 +291,7 @@ def fit_probe(
 
     Where LAGER's weights (and the signed ones above, fitted as LAGER's code fits them: Adam on
     mini-batches of raw logits) barely move on SmolLM2's STS-B logits, a ridge regression on the
-    same centred logits ranks dev pairs at Spearman ≈ 0.6: the signal is there, spread over
+    same centred logits ranks dev pairs well (docs/judge.md): the signal is there, spread over
     (layer, score) pairs whose scales differ by two orders of magnitude. So the logits are
     standardised per (layer, score) for fitting (the scale is folded back into W, and the shift
     into the bias row, so the served graph centres only), and the fit is the deterministic

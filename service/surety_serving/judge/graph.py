@@ -1,17 +1,6 @@
 """The judge graph: a causal LM cut down to its score-token logit lens, plus LAGER's head.
 
-:func:`build_score_lens` wraps a Hugging Face causal LM into a module whose
-``forward(input_ids, attention_mask)`` returns ``layer_logits`` [B, L+1, K]: for every hidden
-state (the embeddings, then each of the L layers) at the last position, the logits of the K
-score tokens. The last entry is the model's final (post-norm) state, so it reproduces the model's
-own logits; the others are raw (LAGER's logit lens) or, with ``lens="normed"``, passed through
-the final norm first.
-
-:func:`append_lager_head` then appends to the exported ONNX graph ``ai.surety::ExpectedScore``
-(``expected_score`` [B], ``score_probabilities`` [B, K]) with ``layer_weights`` and
-``score_values`` as initialisers, and the per-layer expected scores ``layer_scores`` [B, L+1]
-(a softmax over K and a MatMul with the score values: cheap). :func:`set_layer_weights` replaces
-the weights with fitted ones.
+docs/judge.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations

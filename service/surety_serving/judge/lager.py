@@ -1,26 +1,6 @@
 """LAGER's scoring mathematics (Lai et al., NeurIPS 2025), in float64 numpy, with the baselines.
 
-An LLM judge is asked for an integer score; at the step where it emits the score token, every
-hidden state (the embedding output and each decoder layer's output) is projected onto the K
-score tokens ("1".."5"), giving per-layer logits ``Z`` [B, L, K] (here ``L`` counts every
-entry, i.e. the model's L+1 hidden states). LAGER aggregates them *before* the softmax:
-
-    z̄_k = Σ_l w_l · Z[l, k]          (layer weights w [L]), or
-    z̄_k = Σ_l W[l, k] · Z[l, k]      (per-(layer, score) weights W [L, K], our extension)
-    P = softmax(z̄),  s* = Σ_k v_k · P_k
-
-with the score values ``v`` (1..5). This is exactly ``ai.surety::ExpectedScore``; these functions
-are its float64 references for the judge (``surety_serving.kernels.reference.expected_score`` is
-the op's
-reference, including its float32 input rounding and non-finite edge cases).
-
-Baselines: VScore (the greedy score: argmax of the final layer's logits), E-Score (G-Eval's
-expectation under the final layer's softmax), uniform LAGER (``w_l = 1/L``: the *mean* of the
-logits, so the softmax temperature is that of a single layer), and probability-level aggregation
-(Σ_l w_l softmax(z_l), the variant LAGER's ablation shows to be weaker).
-
-A per-score bias needs no op input: append a constant layer of ones (:func:`append_constant_layer`)
-and its row of ``W`` [L+1, K] adds ``W[L, k]`` to ``z̄_k``.
+docs/judge.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations

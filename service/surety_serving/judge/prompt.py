@@ -1,21 +1,6 @@
 """The judge prompt: named text fields → one chat-formatted prompt → left-padded token ids.
 
-At export the model's chat template (a Jinja template that only transformers can render) is
-rendered **once** around a sentinel user message, and cut there into a plain ``prefix`` and
-``suffix`` (see :func:`render_chat_template`). A prompt is then::
-
-    prefix + user_template(fields) + suffix + assistant_prefix
-
-which needs nothing but string formatting and the ``tokenizers`` library at serving time. The
-assistant turn is prefilled with ``assistant_prefix`` (e.g. ``"Score: "``) so that the next token
-is the score; the judge reads the score-token logits at the last position.
-
-Prompts longer than ``max_prompt_tokens`` are cut in the **middle** of the judged text fields
-(the ones listed in ``truncate``, in that order): the instructions around them, and the start and
-end of each text, survive. :func:`encode_prompts` reports how many tokens each row lost.
-
-Token ids are computed with ``add_special_tokens=False``: the chat template already writes the
-special tokens the model expects (as ``apply_chat_template(..., tokenize=True)`` does).
+docs/judge.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations

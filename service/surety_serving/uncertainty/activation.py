@@ -10,6 +10,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from surety_serving import kernels
+from surety_serving.runtime.session import session_options
 
 
 class ScaledSoftmax(Protocol):
@@ -36,12 +37,10 @@ class KernelScaledSoftmax:
                 onnx.helper.make_opsetid(kernels.DOMAIN, kernels.OPSET_VERSION),
             ],
         )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.register_custom_ops_library(kernels.library_path())
         self._session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            model.SerializeToString(),
+            session_options(intra_op_threads),
+            providers=["CPUExecutionProvider"],
         )
 
     def __call__(self, z: NDArray[np.floating], scale: NDArray[np.floating]) -> NDArray[np.float32]:

@@ -1,4 +1,4 @@
-"""What every uncertainty method shares: the data it is fitted on, and the artifacts error."""
+"""What every uncertainty method shares: the data it is fitted on and its artifacts' error."""
 
 from __future__ import annotations
 

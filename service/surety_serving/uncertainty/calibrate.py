@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shutil
 import sys
@@ -20,10 +21,13 @@ from surety_serving.uncertainty.artifacts import ARTIFACT_DIR as ARTIFACT_DIR
 from surety_serving.uncertainty.base import FeatureSet
 from surety_serving.uncertainty.evaluation import expected_calibration_error
 from surety_serving.uncertainty.features import OfflineModel, feature_set
-from surety_serving.uncertainty.ood import candidates, select
+from surety_serving.uncertainty.ood import candidates
 from surety_serving.uncertainty.sdm import SDM
+from surety_serving.uncertainty.selection import select
 
 REPORT_FILE = "report.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,15 +93,19 @@ def calibrate(
         path.stem: feature_set(model, path, labelled=False, features=names)
         for path in options.ood_validation
     }
+    specs = candidates(spec.taps, spec.token_score)
+    log.info("choosing the OOD detector among %d candidates", len(specs))
     served_ood = select(
         train,
         calibration,
         validation,
-        candidates(spec.taps, spec.token_score),
+        specs,
         keep_fraction=options.keep_fraction,
         forced=spec.ood_method,
     )
+    log.info("OOD detector: %s", served_ood.method)
     alpha = options.alpha if options.alpha is not None else spec.alpha
+    log.info("fitting SDM (%s calibration, alpha %s)", spec.sdm_calibration, alpha)
     sdm_tap = spec.sdm_tap or spec.taps[-1]
     if spec.sdm_calibration == "cross_fitted":
         labelled = FeatureSet(

@@ -1,30 +1,6 @@
 """Out-of-distribution detectors: one registry, `DETECTORS`, one entry per method.
 
-Every detector maps a batch of model outputs to a score per row, higher = more in-distribution,
-computed in float64. With z the logits of a row, f a feature row, and f̂ = f/‖f‖ when a detector
-normalises:
-
-* `msp` (Hendrycks & Gimpel 2017): max_c softmax(z)_c = 1 / Σ_c exp(z_c − max z).
-* `energy` (Liu et al. 2020, T = 1): −E(z) = logsumexp(z) = max z + log Σ_c exp(z_c − max z).
-* `mahalanobis` (Lee et al. 2018): max_c −MD_c(f), MD_c(f) = (f − μ_c)ᵀ Σ⁺ (f − μ_c) with class
-  means μ_c and one tied covariance Σ on one tap (see mahalanobis.py), optionally on f̂.
-* `relative_mahalanobis` (Ren et al. 2021): RMD_c = MD_c − MD_0, MD_0 the distance to one
-  Gaussian fitted on all training features (class-agnostic mean and covariance); score
-  −min_c RMD_c = max_c −MD_c + MD_0, since MD_0 does not depend on c. Deviations along directions
-  in which all training data varies (the background) count less than along class-specific ones.
-* `knn` (Sun et al. 2022): −‖f̂ − t̂_(k)‖, the distance from the normalised query to its k-th
-  nearest normalised training feature; for unit vectors ‖a − b‖ = √(2 − 2aᵀb), so the k-th
-  largest cosine similarity s_(k) gives it as √(2 − 2s_(k)). Exact search by matrix product.
-* `tap_ensemble`: the multi-tap Mahalanobis ensemble, mean over taps ℓ of (M_ℓ − m_ℓ)/s_ℓ, with
-  m_ℓ, s_ℓ the mean and standard deviation of the tap score M_ℓ on the calibration split.
-* `token_density`: −t, with t a per-row output of the model (its `token_mahalanobis`: the mean over
-  tokens of a class-agnostic token-level Mahalanobis distance at an early layer; higher = less
-  typical). Detects covariate shift that pooled features average away.
-* `combined`: the mean over parts p of (S_p − m_p)/s_p, each part's score standardised by its
-  mean and standard deviation on the calibration split (s_p floored at 1e-12).
-
-A detector's constructor choices (`params`, JSON) and fitted state (`arrays`, npz) are all it needs
-to be restored; `fit` and `restore` take the same parameter names.
+docs/uncertainty.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ is tokenized exactly as the service does it.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from surety_serving.data.jsonl import read_objects
 from surety_serving.errors import InvalidInputError
 from surety_serving.protocol.datatypes import NUMPY_DTYPES
 from surety_serving.runtime.config import CONFIG_FILE, ModelConfig, load_config
@@ -25,6 +26,8 @@ from surety_serving.runtime.decoders import InputDecoder, build_decoders
 from surety_serving.runtime.session import Feeds, OnnxSession
 from surety_serving.runtime.types import Tensor
 from surety_serving.uncertainty.base import FeatureSet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,19 +48,10 @@ class OfflineModel:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file; ValueError names the file and line of a bad one."""
-    records = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            records.append(record)
+    """The JSON objects of a dataset file (:func:`surety_serving.data.jsonl.read_objects`:
+    ValueError
+    names the file and line of a bad one); a file without any is an error too."""
+    records = read_objects(path)
     if not records:
         raise ValueError(f"{path}: no records")
     return records
@@ -117,6 +111,7 @@ def run_dataset(
     rows' rather than to the file's longest text.
     """
     records = read_jsonl(path)
+    log.info("running the model on %s (%d records)", path, len(records))
     texts = [spec.name for spec in model.config.inputs if spec.datatype == "BYTES"]
     order = np.arange(len(records))
     if texts:

@@ -1,27 +1,6 @@
 """Mahalanobis scores (Lee et al., NeurIPS 2018): the class Gaussians of one tap, of several taps.
 
-Per tap ℓ the features of each class are modelled as Gaussians with class means μ_c (from true
-labels) and one tied covariance Σ, the pooled class-centred maximum-likelihood estimate
-Σ = (1/N) Σ_i (f_i − μ_{y_i})(f_i − μ_{y_i})ᵀ, fitted in float64. The tap score is
-
-    M(x) = max_c −(f(x) − μ_c)ᵀ Σ⁺ (f(x) − μ_c)       (higher = more in-distribution)
-
-with Σ⁺ the symmetric pseudo-inverse. Rather than storing Σ⁺ we store the whitening map
-W = V Λ^{-1/2} over the eigenvectors whose eigenvalue clears pinvh's cut-off, so the quadratic
-form is a squared Euclidean norm ‖Wᵀf − Wᵀμ_c‖²: never negative, no cancellation between large
-terms, and finite even when Σ is rank-deficient (N < F, dead or duplicated channels). With one
-class (all labels 0) the same fit is a single class-agnostic Gaussian: mean and covariance of all
-features, as the relative Mahalanobis distance needs.
-
-Features may first be L2-normalised, f ↦ f / ‖f‖ (before fitting and before scoring), which makes
-the score invariant to the scale of each input's features.
-
-`TapGaussians` fits one class-Gaussian per tap and standardises each tap's score by its mean and
-standard deviation on in-distribution calibration data, z_ℓ = (M_ℓ − m_ℓ) / s_ℓ; it is the one
-implementation of the multi-tap ensemble (`detectors.TapEnsemble` averages z_ℓ).
-
-Input preprocessing (the paper's gradient perturbation) is not done: it needs a backward pass per
-tap per request, which the serving path does not have.
+docs/uncertainty.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations

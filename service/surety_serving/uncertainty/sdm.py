@@ -1,23 +1,6 @@
 """SDM calibrated reliability (Schmaltz 2025, "SDM Activations" variant), applied post hoc.
 
-The exemplar space is one of the model's taps; z′ are the model's logits and ŷ = argmax z′.
-
-- Similarity q: the length of the leading run of nearest support (training) points, in L2 order
-  with ties broken by support index, whose stored prediction equals their label *and* equals ŷ.
-- Distance d = min_c [1 − eCDF_c(d₁)], where d₁ is the L2 distance to the nearest support point
-  and eCDF_c is taken over the d₁ of calibration points of true class c with q > 0
-  (eCDF(x) = #{stored < x}/n, so d = 1 at d₁ = 0 and 0 beyond every stored distance).
-- Activation: sdm(z′) = softmax(ln(2+q)·d·z′) — the softmax at q = e−2, d = 1, uniform at d = 0,
-  same argmax whenever d > 0. It runs on TwoPassSoftmax with scale = ln(2+q)·d.
-- Rescaled similarity q′ = min(q, (2+q)^{sdm(z′)_ŷ}).
-- High-reliability (HR) region at level α: the smallest threshold q′_min over calibration q′
-  (with ⌊q′⌋ > 0) at which, for every true class c, the (1−α) empirical quantile ψ_c of
-  sdm(z′)_c over calibration points with q′ ≥ q′_min is ≥ α. None qualifies → q′_min = ∞.
-- Lower variant (DKW): n̂_c = #{calibration points of class c with q′_j ≤ q′} (the eCDF at q′ times
-  n_c; "≤" because q saturates at a class's support size, so many points tie at the top and a
-  saturated query must count them); with n̂ = min_c n̂_c,
-  ε = √(ln(2/(1−α))/(2n̂)) (ε = 1 if n̂ = 0); d_lo = max(d − ε, 0); the query is reliable iff
-  q′_lo ≥ q′_min, sdm_lo(z′)_ŷ ≥ ψ_ŷ and {c : sdm_lo(z′)_c ≥ ψ_c} = {ŷ}.
+docs/uncertainty.md, "The modules in detail", states it in full.
 """
 
 from __future__ import annotations

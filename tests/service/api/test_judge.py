@@ -50,7 +50,7 @@ def judge_repository(tmp_path_factory, repository: Path) -> Path:
     root = tmp_path_factory.mktemp("judge-repo")
     model = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), layers=2)
     prompt = JudgePrompt(user=USER, system="You are a judge", max_prompt_tokens=MAX_PROMPT_TOKENS)
-    export_judge(model, root, JUDGE, prompt=prompt, log=lambda _: None)
+    export_judge(model, root, JUDGE, prompt=prompt)
     shutil.copytree(repository / "digits", root / "digits")
     return root
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -175,12 +176,12 @@ def caches(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_prepare_writes_each_set_once_without_downloading(
-    caches: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    caches: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     docs, fortune_dir = caches
     monkeypatch.setattr("shutil.which", lambda _: None)  # any download attempt would fail
-    messages: list[str] = []
-    paths = prepare_doc_text(docs, seed=2, fortunes_dir=fortune_dir, log=messages.append)
+    caplog.set_level(logging.INFO, logger="surety_serving.data")
+    paths = prepare_doc_text(docs, seed=2, fortunes_dir=fortune_dir)
     assert paths == {
         "manpages": docs / "sets" / "seed-2" / "manpages.jsonl",
         "debian-policy": docs / "sets" / "seed-2" / "debian-policy.jsonl",
@@ -196,9 +197,9 @@ def test_prepare_writes_each_set_once_without_downloading(
     assert manifest["counts"]["debian-policy"] == {"paragraphs": 31, "sampled": 30}
 
     stamp = paths["manpages"].stat().st_mtime_ns
-    assert prepare_doc_text(docs, seed=2, fortunes_dir=fortune_dir, log=messages.append) == paths
+    assert prepare_doc_text(docs, seed=2, fortunes_dir=fortune_dir) == paths
     assert paths["manpages"].stat().st_mtime_ns == stamp
-    assert messages[-1].startswith("sets cached")
+    assert caplog.messages[-1].startswith("sets cached")
 
-    other = prepare_doc_text(docs, seed=3, fortunes_dir=fortune_dir, log=messages.append)
+    other = prepare_doc_text(docs, seed=3, fortunes_dir=fortune_dir)
     assert [e.text for e in read_jsonl(other["debian-policy"])] != [e.text for e in policy]

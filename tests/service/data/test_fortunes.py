@@ -4,6 +4,7 @@ the real corpus."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def test_deduplication_drops_ambiguous_and_leaking_texts() -> None:
 def test_missing_tools_give_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shutil.which", lambda _: None)
     with pytest.raises(FortunesError, match="'apt-get' not found"):
-        fortunes.download_corpus(tmp_path / "cache", log=lambda _: None)
+        fortunes.download_corpus(tmp_path / "cache")
 
 
 def test_a_failed_download_is_a_clear_error(
@@ -165,11 +166,13 @@ def test_a_failed_download_is_a_clear_error(
     if not fortunes.DEBIAN_KEYRING.is_file():
         pytest.skip("no Debian archive keyring on this machine")
     with pytest.raises(FortunesError, match=r"apt-get update failed \(exit status 100\)"):
-        fortunes.download_corpus(tmp_path / "cache", log=lambda _: None)
+        fortunes.download_corpus(tmp_path / "cache")
     assert not (tmp_path / "cache" / "corpus.json").exists()
 
 
-def test_prepare_splits_a_local_corpus_once(tmp_path: Path) -> None:
+def test_prepare_splits_a_local_corpus_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """With an already unpacked corpus: JSONL files, a manifest, and no re-split on a 2nd call."""
     topic_dir = tmp_path / "root" / fortunes.TOPIC_SUBDIR
     topic_dir.mkdir(parents=True)
@@ -177,10 +180,8 @@ def test_prepare_splits_a_local_corpus_once(tmp_path: Path) -> None:
         entries = [f"{topic} entry {i}" for i in range(20)]
         (topic_dir / topic).write_bytes(("\n%\n".join(entries) + "\n%\n").encode())
     (tmp_path / "corpus.json").write_text("{}", encoding="utf-8")
-    messages: list[str] = []
-    dataset = prepare_fortunes(
-        tmp_path, seed=1, topics=("a", "b"), ood_topics=("ood",), log=messages.append
-    )
+    caplog.set_level(logging.INFO, logger="surety_serving.data")
+    dataset = prepare_fortunes(tmp_path, seed=1, topics=("a", "b"), ood_topics=("ood",))
     assert dataset.labels == ("a", "b")
     assert [len(read_jsonl(p)) for p in (dataset.train, dataset.calibration, dataset.test)] == [
         28,
@@ -190,12 +191,10 @@ def test_prepare_splits_a_local_corpus_once(tmp_path: Path) -> None:
     assert read_jsonl(dataset.ood["ood"])[0].label == "ood"
     assert dataset.counts["test"] == {"a": 3, "b": 3}
     stamp = dataset.train.stat().st_mtime_ns
-    again = prepare_fortunes(
-        tmp_path, seed=1, topics=("a", "b"), ood_topics=("ood",), log=messages.append
-    )
+    again = prepare_fortunes(tmp_path, seed=1, topics=("a", "b"), ood_topics=("ood",))
     assert again == dataset
     assert dataset.train.stat().st_mtime_ns == stamp
-    assert messages[-1].startswith("splits cached")
+    assert caplog.messages[-1].startswith("splits cached")
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,10 +258,9 @@ def test_ood_validation_drops_texts_of_the_other_splits(tmp_path: Path) -> None:
         topics=("a",),
         ood_topics=("ood",),
         ood_validation_topics=("held",),
-        log=lambda _: None,
     )
     assert [e.text for e in read_jsonl(dataset.ood_validation["held"])] == ["kept"]
     assert [e.text for e in read_jsonl(dataset.ood["ood"])] == ["in ood", "ood 1"]
-    own_choice = prepare_fortunes(tmp_path, topics=("a",), ood_topics=("ood",), log=lambda _: None)
+    own_choice = prepare_fortunes(tmp_path, topics=("a",), ood_topics=("ood",))
     assert own_choice.ood_validation == {}
     assert "ood_validation_held" not in own_choice.split_paths()

@@ -4,6 +4,7 @@ tests write themselves (no network), label scaling, the JSONL cache and the prep
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -201,7 +202,9 @@ def _unpacked_cache(cache: Path) -> None:
     (cache / stsb.STAMP_NAME).write_text(json.dumps({"packages": []}), encoding="utf-8")
 
 
-def test_prepare_decodes_checks_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_decodes_checks_and_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def no_network(*args: object) -> Path:
         raise AssertionError("the cached sources should have been used")
 
@@ -209,19 +212,19 @@ def test_prepare_decodes_checks_and_caches(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(stsb, "EXPECTED_SIZES", {"train": 3, "dev": 3})
     monkeypatch.setattr(stsb, "FIRST_TRAIN_PAIR", EXPECTED[0])
     _unpacked_cache(tmp_path)
-    messages: list[str] = []
-    dataset = prepare_stsb(tmp_path, log=messages.append)
+    caplog.set_level(logging.INFO, logger="surety_serving.data")
+    dataset = prepare_stsb(tmp_path)
     assert dataset.counts == {"train": 3, "dev": 3}
     assert read_jsonl(dataset.train) == EXPECTED and read_jsonl(dataset.dev) == EXPECTED
-    assert not any("cached" in m for m in messages)
-    again = prepare_stsb(tmp_path, log=messages.append)
-    assert again == dataset and "splits cached" in messages[-1]
+    assert not any("cached" in m for m in caplog.messages)
+    again = prepare_stsb(tmp_path)
+    assert again == dataset and "splits cached" in caplog.messages[-1]
 
 
 def test_prepare_refuses_unexpected_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _unpacked_cache(tmp_path)
     with pytest.raises(StsbError, match="split sizes"):
-        prepare_stsb(tmp_path, log=lambda _: None)  # the real sizes are 5,749 and 1,500
+        prepare_stsb(tmp_path)  # the real sizes are 5,749 and 1,500
     monkeypatch.setattr(stsb, "EXPECTED_SIZES", {"train": 3, "dev": 3})
     with pytest.raises(StsbError, match="first train pair"):
-        prepare_stsb(tmp_path, log=lambda _: None)  # not "A plane is taking off."
+        prepare_stsb(tmp_path)  # not "A plane is taking off."

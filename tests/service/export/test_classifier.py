@@ -23,6 +23,7 @@ from surety_serving.export.classifier import (
     read_export_metadata,
     repository_config,
 )
+from surety_serving.export.common import ort_session
 from surety_serving.export.encoder import (
     EncodedBatch,
     build_pooled_classifier,
@@ -44,9 +45,7 @@ def built(text_export: ExportResult) -> ExportResult:
 
 @pytest.fixture(scope="session")
 def session(built: ExportResult) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(kernels.library_path())
-    return ort.InferenceSession(str(built.model_path), options, providers=["CPUExecutionProvider"])
+    return ort_session(built.model_path)
 
 
 @pytest.fixture(scope="session")
@@ -247,7 +246,7 @@ def test_labels_outside_the_label_set_are_rejected_before_any_work(tmp_path: Pat
     write_jsonl(train, [Example("a", "x"), Example("b", "y")])
     write_jsonl(test, [Example("c", "z")])
     with pytest.raises(ExportError, match=r"\['z'\]"):
-        export_classifier(None, train, test, tmp_path / "repo", "bad", log=lambda _: None)
+        export_classifier(None, train, test, tmp_path / "repo", "bad")
     with pytest.raises(ExportError, match="two distinct labels"):
         export_classifier(None, train, train, tmp_path / "repo", "bad", labels=["x"])
     assert not (tmp_path / "repo").exists()

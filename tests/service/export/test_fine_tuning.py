@@ -17,18 +17,19 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from surety_serving import kernels
 from surety_serving.cli import parser
 from surety_serving.data.fortunes import Example, read_jsonl, write_jsonl
-from surety_serving.export import classifier
+from surety_serving.export import commands, fine_tuning
 from surety_serving.export.classifier import (
     TOKEN_OUTPUT,
+    ExportError,
     ExportResult,
     FineTuning,
     TrainingConfig,
     export_classifier,
     read_export_metadata,
 )
+from surety_serving.export.common import ort_session
 from surety_serving.export.encoder import (
     EncodedBatch,
     build_pooled_classifier,
@@ -106,7 +107,6 @@ def export(work: Path, name: str, tuning: FineTuning, **options: Any) -> ExportR
         max_length=MAX_LENGTH,
         fine_tuning=tuning,
         show_progress=False,
-        log=lambda _: None,
         **options,
     )
 
@@ -132,9 +132,7 @@ def texts(work: Path) -> list[str]:
 
 
 def session(result: ExportResult) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(kernels.library_path())
-    return ort.InferenceSession(str(result.model_path), options, providers=["CPUExecutionProvider"])
+    return ort_session(result.model_path)
 
 
 def run_onnx(result: ExportResult, texts: list[str]) -> dict[str, np.ndarray]:
@@ -155,12 +153,12 @@ def trained_encoder(work: Path, result: ExportResult) -> Any:
     return encoder
 
 
-def fine_tune(work: Path, tuning: FineTuning) -> tuple[Any, classifier._FineTuned]:
-    """``classifier._fine_tune`` alone (no export) on the tiny encoder: (encoder, result)."""
+def fine_tune(work: Path, tuning: FineTuning) -> tuple[Any, fine_tuning.FineTuned]:
+    """``fine_tuning.fine_tune`` alone (no export) on the tiny encoder: (encoder, result)."""
     encoder = load_encoder(work / "encoder")
     examples = read_jsonl(work / "train.jsonl")
     labels = sorted(TOPICS)
-    result = classifier._fine_tune(
+    result = fine_tuning.fine_tune(
         encoder,
         load_tokenizer(work / "encoder", MAX_LENGTH),
         [e.text for e in examples],
@@ -168,7 +166,6 @@ def fine_tune(work: Path, tuning: FineTuning) -> tuple[Any, classifier._FineTune
         len(labels),
         tuning,
         show_progress=False,
-        log=lambda _: None,
     )
     return encoder, result
 
@@ -246,19 +243,19 @@ def test_zero_layers_is_the_frozen_encoder_with_a_head_fitted_on_its_embeddings(
     assert (training["layers"], training["encoder"], training["epochs"]) == (0, "frozen", 100)
     assert frozen.validation_accuracy is None
     tokenizer = load_tokenizer(work / "encoder", MAX_LENGTH)
-    features = classifier._embed(
+    features = fine_tuning.embed(
         original, tokenizer, texts, batch_size=8, desc="", show_progress=False
     )
     labels = sorted(TOPICS)
     targets = torch.tensor([labels.index(e.label) for e in read_jsonl(work / "train.jsonl")])
-    head = classifier._train_head(
+    head = fine_tuning.train_head(
         features, targets, len(labels), TrainingConfig(epochs=100), seed=0, show_progress=False
     )
     np.testing.assert_allclose(head.weight.detach().numpy(), frozen.head["weight"], atol=1e-5)
 
 
 def test_more_layers_than_the_encoder_has_is_refused(work: Path) -> None:
-    with pytest.raises(classifier.ExportError, match=f"4 of {LAYERS} layers"):
+    with pytest.raises(ExportError, match=f"4 of {LAYERS} layers"):
         export(work, "bad", FineTuning(layers=4))
 
 
@@ -318,17 +315,17 @@ def test_without_validation_every_epoch_runs_and_the_last_is_kept(work: Path) ->
 def test_batches_cover_the_epoch_once_and_pad_little() -> None:
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 100, size=1000)
-    batches = classifier._length_batches(lengths, 8, np.random.default_rng(1))
+    batches = fine_tuning.length_batches(lengths, 8, np.random.default_rng(1))
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
     assert all(np.all(np.diff(lengths[b]) >= 0) for b in batches)  # sorted within a batch
     waste = sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches)
     assert waste < 0.15 * lengths.sum()
-    again = classifier._length_batches(lengths, 8, np.random.default_rng(1))
+    again = fine_tuning.length_batches(lengths, 8, np.random.default_rng(1))
     assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
 
 
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
-    factor = classifier._warmup_then_decay(100, 0.1)
+    factor = fine_tuning.warmup_then_decay(100, 0.1)
     values = [factor(step) for step in range(101)]
     assert values[:10] == pytest.approx([(s + 1) / 11 for s in range(10)])
     assert values[10] == 1.0
@@ -460,8 +457,8 @@ def test_export_json_records_the_fine_tuning(tuned: ExportResult, frozen: Export
 
 
 def training_record(tuning: FineTuning) -> dict[str, Any]:
-    done = classifier._FineTuned(torch.nn.Linear(2, 2), [], 1, 0)
-    return classifier._training_record(tuning, TrainingConfig(), done)
+    done = fine_tuning.FineTuned(torch.nn.Linear(2, 2), [], 1, 0)
+    return fine_tuning.training_record(tuning, TrainingConfig(), done)
 
 
 def test_graph_carries_the_token_output_and_its_record(tuned: ExportResult) -> None:
@@ -488,7 +485,7 @@ def test_config_yaml_names_the_token_score(tuned: ExportResult) -> None:
 
 def test_cli_fine_tuning_options() -> None:
     base = ["export", "classifier", "--train", "a", "--test", "b", "--name", "m"]
-    defaults = classifier.fine_tuning_from_arguments(parser().parse_args(base))
+    defaults = commands.fine_tuning_from_arguments(parser().parse_args(base))
     assert defaults == FineTuning()
     args = parser().parse_args(
         [
@@ -507,7 +504,7 @@ def test_cli_fine_tuning_options() -> None:
             "7",
         ]
     )
-    assert classifier.fine_tuning_from_arguments(args) == FineTuning(
+    assert commands.fine_tuning_from_arguments(args) == FineTuning(
         layers=2,
         max_epochs=5,
         encoder_learning_rate=3e-5,

@@ -49,10 +49,6 @@ ROWS = [
 ]
 
 
-def _quiet(message: str) -> None:
-    del message
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), layers=LAYERS)
@@ -65,7 +61,6 @@ def _export(model_dir: Path, out: Path, lens: str, **prompt: Any) -> JudgeExport
         f"judge-{lens}",
         prompt=JudgePrompt(user=USER, system="You are a judge", **prompt),
         lens=lens,  # type: ignore[arg-type]
-        log=_quiet,
     )
 
 
@@ -314,7 +309,6 @@ def sparse_exported(tiny_model, tmp_path_factory) -> JudgeExport:
         "judge-sparse",
         prompt=JudgePrompt(user=USER, system="You are a judge"),
         optimize=SPARSE,
-        log=_quiet,
     )
 
 

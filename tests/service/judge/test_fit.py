@@ -5,6 +5,7 @@ scores the fit measured; labels a layer encodes are found."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def judge(tmp_path_factory) -> Path:
     model = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), layers=2)
     root = tmp_path_factory.mktemp("repo")
     prompt = JudgePrompt(user=USER, system="You are a judge", max_prompt_tokens=64)
-    return export_judge(model, root, "tiny", prompt=prompt, log=lambda _: None).model_root
+    return export_judge(model, root, "tiny", prompt=prompt).model_root
 
 
 def rows(count: int, seed: int) -> list[dict[str, str]]:
@@ -43,13 +44,13 @@ def rows(count: int, seed: int) -> list[dict[str, str]]:
     ]
 
 
-def test_logits_are_extracted_once(judge):
+def test_logits_are_extracted_once(judge, caplog):
+    caplog.set_level(logging.INFO, logger="surety_serving.judge")
     sample = rows(12, seed=1)
-    messages: list[str] = []
-    first = layer_logits(judge, sample, log=messages.append)
-    again = layer_logits(judge, sample, log=messages.append)
+    first = layer_logits(judge, sample)
+    again = layer_logits(judge, sample)
     np.testing.assert_array_equal(first, again)
-    assert "from" in messages[-1] and CACHE_DIR in messages[-1]
+    assert "from" in caplog.messages[-1] and CACHE_DIR in caplog.messages[-1]
     assert len(list((judge / CACHE_DIR).glob("*.npy"))) >= 1
     # The same prompts through the served encoding, one at a time, give the same logits.
     config = load_config(judge / "config.yaml")
@@ -71,13 +72,13 @@ def test_logits_are_extracted_once(judge):
 
 def test_the_best_method_on_validation_is_written_and_served(judge):
     sample_rows = rows(120, seed=2)
-    z = layer_logits(judge, sample_rows, log=lambda _: None).astype(np.float64)
+    z = layer_logits(judge, sample_rows).astype(np.float64)
     # Labels that one layer's centred logits carry, with a sign LAGER's weights cannot take.
     centred = center_logits(z)
     signal = centred[:, 1, 0] - centred[:, 1, 4]
     labels = 3 - 2 * np.tanh(signal / signal.std())
     sample = StsbSample(sample_rows, labels, "synthetic")
-    record = fit_judge(judge, sample, log=lambda _: None)
+    record = fit_judge(judge, sample)
     assert set(record["validation_spearman"]) == {*METHODS, "escore_final_layer"}
     assert record["method"] in ("signed_layer", "signed_layer_score", "probe")
     chosen = record["validation_spearman"][record["method"]]

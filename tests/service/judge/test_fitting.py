@@ -1,5 +1,5 @@
 """Fitting LAGER's weights and the signed extensions on small synthetic logit lenses
-(algorithms.md §3(d) 3–4): one layer carries the label, the others are noise."""
+(docs/judge.md, the fitting module): one layer carries the label, the others are noise."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""LAGER's scoring mathematics (algorithms.md §3(d) 1–3) for both weight kinds: w [L] and
-W [L, K]."""
+"""LAGER's scoring mathematics (docs/judge.md, the lager module) for both weight kinds: w [L]
+and W [L, K]."""
 
 from __future__ import annotations
 

@@ -54,7 +54,6 @@ def test_export_applies_and_records_the_attention_rewrite(
         check_parity=False,
         optimize=options,
         show_progress=False,
-        log=lambda _: None,
     )
     layers = text_export.metadata["encoder"]["num_layers"]
     assert ops(onnx.load(str(result.model_path))).count("SparseAttention") == layers

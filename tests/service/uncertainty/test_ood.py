@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 
 from surety_serving.uncertainty.base import ArtifactError, FeatureSet
-from surety_serving.uncertainty.ood import (
-    RULE_BEST,
-    RULE_FALLBACK,
-    CandidateSpec,
-    ServedOOD,
-    candidates,
-    select,
-)
+from surety_serving.uncertainty.ood import CandidateSpec, ServedOOD, candidates
+from surety_serving.uncertainty.selection import RULE_BEST, RULE_FALLBACK, select
 
 from .test_detectors import TAPS, TOKEN, every_candidate, far_away, in_distribution
 
