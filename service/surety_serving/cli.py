@@ -299,8 +299,8 @@ class _BarSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def configure_logging() -> None:
     """The one logging set-up of every command: messages on stderr with their time, level and
-    module; the offline commands' progress (``surety_serving.*`` loggers) at INFO. Does nothing where
-    logging is configured already (an embedding program, pytest)."""
+    module; the offline commands' progress (``surety_serving.*`` loggers) at INFO. Does nothing
+    where logging is configured already (an embedding program, pytest)."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
