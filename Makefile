@@ -14,12 +14,12 @@ PORT ?= 8000
 
 KERNEL_SOURCES := $(shell find kernels/src -type f) CMakeLists.txt kernels/CMakeLists.txt
 
-.PHONY: help setup build run test check lint bench clean image lock fresh fresh-newest
+.PHONY: help setup build data run test check lint bench clean image lock fresh fresh-newest
 
 help:
 	@echo "make run    set up, build the kernels and default models, serve on http://127.0.0.1:8000 (PORT=...)"
 	@echo "make test   set up, build, lint and run the whole test suite"
-	@echo "make check  lint and the tests not marked slow (the inner loop, about a minute)"
+	@echo "make check  lint and the unit and model tests that are not slow (the inner loop, about two minutes)"
 	@echo "make bench  run the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)"
 	@echo "make lint   ruff, mypy, the import contracts (lint-imports) and hadolint"
 	@echo "make image  build the Docker image surety:latest (starts an engine if none answers)"
@@ -110,11 +110,19 @@ lint: build
 # The deployment tests install what they need when it is missing (scripts/deploy_tools.sh:
 # prometheus/promtool, docker-compose) and start a Docker engine (scripts/docker/engine.sh);
 # without root they skip with the reason, except under CI=true, where they fail.
-test: build lint
+test: build lint data
 	$(PY) -m pytest
 
-check: build lint
-	$(PY) -m pytest -q -m "not slow"
+# The fortunes corpus the text tests read, fetched with apt-get download on the first run into
+# data/fortunes (or $SURETY_FORTUNES_DIR); then checked against its stamp in a second.
+data: build
+	$(SURETY) data fortunes > /dev/null
+
+# The inner loop: the unit and model tiers, not slow (tests/tiers.py; about two minutes).
+check: build lint data
+	$(PY) -m pytest -q -m "$(CHECK_TIERS)"
+
+CHECK_TIERS := (unit or model) and not (network or image or slow)
 
 bench: build
 	$(PY) bench/softmax.py

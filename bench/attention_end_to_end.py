@@ -43,8 +43,8 @@ from surety_serving import kernels
 from surety_serving.kernels.reference import ESTIMATORS
 from surety_serving.optimize.options import OptimizeOptions, SparseOptions
 from surety_serving.optimize.pipeline import optimize
+from surety_serving.protocol.types import Tensor
 from surety_serving.runtime.decoders import TextDecoder
-from surety_serving.runtime.types import Tensor
 from surety_serving.uncertainty.features import OfflineModel, feature_set
 
 MODEL = "fortune-topics"

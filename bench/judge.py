@@ -40,6 +40,7 @@ from surety_serving.judge.inputs import JudgeInputs
 from surety_serving.judge.lager import escore, vscore
 from surety_serving.judge.prompt import encode_prompts
 from surety_serving.runtime.config import load_config
+from surety_serving.tasks.judge import JudgeConfig
 
 NAME = "stsb-judge"
 
@@ -87,7 +88,7 @@ def served_scores(entry: Path, rows: list[dict[str, str]]) -> np.ndarray:
 
     from surety_serving.runtime.session import session_options
 
-    spec = load_config(entry / "config.yaml").judge
+    spec = load_config(entry / "config.yaml", JudgeConfig).judge
     assert spec is not None
     inputs = JudgeInputs(spec, entry / "1")
     session = ort.InferenceSession(str(entry / "1" / "model.onnx"),
@@ -104,7 +105,7 @@ def served_scores(entry: Path, rows: list[dict[str, str]]) -> np.ndarray:
 
 def agreement(entry: Path) -> None:
     """The table of part 1."""
-    spec = load_config(entry / "config.yaml").judge
+    spec = load_config(entry / "config.yaml", JudgeConfig).judge
     assert spec is not None
     values = np.asarray(spec.score_values, dtype=np.float64)
     dev = stsb_sample("dev", None, values)
@@ -161,7 +162,7 @@ def speed(entry: Path, prompts: int, repository: Path) -> None:
     from surety_serving.judge.source import fetch_smollm2
     from surety_serving.runtime.session import session_options
 
-    spec = load_config(entry / "config.yaml").judge
+    spec = load_config(entry / "config.yaml", JudgeConfig).judge
     assert spec is not None
     inputs = JudgeInputs(spec, entry / "1")
     rows = stsb_sample("dev", prompts, np.asarray(spec.score_values), seed=1).rows

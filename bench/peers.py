@@ -59,9 +59,9 @@ from text_serving import test_split
 from surety_kit import server as kit
 from surety_kit.payloads import digit_images, digits_tensor, oip_body, text_tensor
 from surety_serving import kernels
+from surety_serving.protocol.types import Tensor
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.decoders import TextDecoder, build_decoders
-from surety_serving.runtime.types import Tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / "peers"

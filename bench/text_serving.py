@@ -34,10 +34,10 @@ from serving import Figures, load, measured, server
 from surety_kit.payloads import oip_body, text_tensor
 from surety_kit.server import LOOPBACK
 from surety_kit.wire import Endpoint, http_request
+from surety_serving.protocol.types import Tensor
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.decoders import TextDecoder, build_decoders
 from surety_serving.runtime.session import OnnxSession
-from surety_serving.runtime.types import Tensor
 
 MODEL = "fortune-topics"
 PATH = f"/v2/models/{MODEL}/score"

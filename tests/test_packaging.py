@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 #: Wheel path → source folder, as the build maps them (pyproject.toml, tool.scikit-build).
@@ -150,6 +152,8 @@ print("hf-kernels", kernels.__file__, "transformers", transformers.__version__,
 
 
 @pytest.mark.slow  # imports torch and transformers in a process of its own (~10 s)
+@pytest.mark.network  # pip installs `kernels` when the lock has none
+@pytest.mark.model
 def test_hugging_face_kernels_and_ours_load_in_one_process(tmp_path):
     """Hugging Face's `kernels` comes with transformers ≥ 5.25 (then it is in the lock); where
     it does not, it is installed into a throwaway folder put first on the import path."""

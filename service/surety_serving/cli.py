@@ -241,6 +241,60 @@ def fit_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The data sets ``surety data`` prepares, each by a function of the cache folder and the seed
+#: that returns its JSONL files by name (docs/models.md, docs/judge.md).
+DATA_SETS: dict[str, Callable[[Path | None, int], dict[str, Path]]] = {
+    "fortunes": lambda cache, seed: _fortunes(cache, seed),
+    "stsb": lambda cache, seed: _stsb(cache),
+    "doc-text": lambda cache, seed: _doc_text(cache, seed),
+}
+
+
+def _fortunes(cache: Path | None, seed: int) -> dict[str, Path]:
+    from surety_serving.data.fortunes import prepare_fortunes
+
+    return prepare_fortunes(cache, seed=seed).split_paths()
+
+
+def _stsb(cache: Path | None) -> dict[str, Path]:
+    from surety_serving.data.stsb import prepare_stsb
+
+    return prepare_stsb(cache).split_paths()
+
+
+def _doc_text(cache: Path | None, seed: int) -> dict[str, Path]:
+    from surety_serving.data.doc_text import prepare_doc_text
+
+    return prepare_doc_text(cache, seed=seed)
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=sorted(DATA_SETS), help="the data set")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="default: its $SURETY_*_DIR variable, else data/<set> in the checkout",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the split's seed (not for stsb)")
+
+
+def data(args: argparse.Namespace) -> int:
+    """Fetch (once) and split a data set; print each JSONL file with its record count."""
+    from surety_serving.data.debian import DebianError
+    from surety_serving.data.stsb import StsbError
+
+    try:
+        files = DATA_SETS[args.name](args.cache_dir, args.seed)
+    except (DebianError, StsbError, OSError, ValueError) as error:
+        print(f"data: {args.name}: {error}", file=sys.stderr)
+        return 1
+    for name, path in files.items():
+        with path.open(encoding="utf-8") as lines:
+            records = sum(1 for line in lines if line.strip())
+        print(f"{name}\t{records}\t{path}")
+    return 0
+
+
 COMMANDS = (
     Command("serve", "serve the model repository over HTTP", _serve_arguments, serve),
     Command(
@@ -268,6 +322,7 @@ COMMANDS = (
         calibrate_arguments,
         calibrate_command,
     ),
+    Command("data", "fetch (once) and split a data set into JSONL files", _data_arguments, data),
 )
 
 

@@ -23,7 +23,7 @@ import tritonclient.http as triton_http
 from tests.deploy.conftest import REPORT, ROOT, Built, Container, docker, logs, tail
 from tests.deploy.test_observability import assert_dashboard_has_data
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.image, pytest.mark.slow]
 
 #: The first of scikit-learn's digits, a 0 (README.md's example), and an all-white square.
 DIGIT_ZERO = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4,

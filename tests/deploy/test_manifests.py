@@ -37,6 +37,8 @@ from surety_serving.main import create_app
 from surety_serving.metrics import Metrics
 from surety_serving.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 INFERENCE_SERVICE = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"

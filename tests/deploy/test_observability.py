@@ -40,6 +40,9 @@ from tests.deploy.prometheus import (
     running_prometheus,
     scrape_config,
 )
+from tests.tiers import model_fixture
+
+pytestmark = pytest.mark.network
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -358,7 +361,7 @@ def _complete_default_repository() -> bool:
     )
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def served_repository(tmp_path_factory) -> tuple[Path, str, str]:
     """(repository, image model, text model): the default repository when `make run` built
     it; otherwise (a fresh clone, as in CI: `make test` does not build it) the digits model

@@ -20,6 +20,8 @@ from tests.kernels.conftest import (
     make_session,
 )
 
+pytestmark = pytest.mark.unit
+
 INF = float("inf")
 NAN = float("nan")
 WEIGHT_FORMS = ["per_layer", "per_score"]

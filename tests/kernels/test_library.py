@@ -10,6 +10,8 @@ import pytest
 from surety_serving import kernels
 from tests.kernels.conftest import ISAS, make_session, softmax_model
 
+pytestmark = pytest.mark.unit
+
 
 def test_library_path_is_an_absolute_existing_file() -> None:
     path = Path(kernels.library_path())

@@ -20,6 +20,8 @@ from surety_serving import kernels
 from surety_serving.kernels import reference
 from tests.kernels.conftest import make_session
 
+pytestmark = pytest.mark.unit
+
 F32 = npt.NDArray[np.float32]
 
 #: Pattern attributes used throughout: narrow enough that every estimator has mass to correct.

@@ -8,6 +8,8 @@ import pytest
 
 from surety_serving.kernels.reference import ESTIMATORS, attention_pattern, sparse_attention
 
+pytestmark = pytest.mark.unit
+
 
 def direct_attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, kept: np.ndarray

@@ -24,6 +24,8 @@ from tests.kernels.conftest import (
     softmax_model,
 )
 
+pytestmark = pytest.mark.unit
+
 FLT_MAX = float(np.finfo(np.float32).max)
 INF = float("inf")
 NAN = float("nan")
@@ -176,6 +178,7 @@ def test_edge_scales(softmax_session: SessionFactory, isa: str, algorithm: int) 
 
 
 @pytest.mark.parametrize("length", [100_000, 1_100_000])
+@pytest.mark.slow  # rows of up to a million elements, every ISA
 def test_long_rows(softmax_session: SessionFactory, isa: str, length: int) -> None:
     """Long rows; 1.1M elements takes the split-row path (chunk partials) with two-pass."""
     rng = np.random.default_rng(length)
@@ -260,6 +263,7 @@ def _run_bound(
     return y.copy(), lse
 
 
+@pytest.mark.slow  # rows past the last-level cache, a few hundred MB
 def test_streaming_stores(softmax_session: SessionFactory, isa: str) -> None:
     """Y larger than the last-level cache (32 MiB) is written with streaming stores: split rows
     and whole rows, Y aligned and not (a head of ordinary stores up to the vector boundary),

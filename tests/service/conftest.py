@@ -18,9 +18,10 @@ from surety_serving.runtime.config import load_config
 from surety_serving.runtime.session import OnnxSession
 from surety_serving.settings import Settings
 from tests.service import textmodel
+from tests.tiers import model_fixture
 
 
-@pytest.fixture(scope="session")
+@model_fixture(scope="session")
 def digits_build(tmp_path_factory: pytest.TempPathFactory) -> digits.DigitsBuild:
     """The real default model, trained and exported once per test session."""
     root = tmp_path_factory.mktemp("model_repository")
@@ -69,7 +70,7 @@ def direct(repository: Path) -> OnnxSession:
     return OnnxSession(entry / "1" / "model.onnx", load_config(entry / "config.yaml"))
 
 
-@pytest.fixture(scope="session")
+@model_fixture(scope="session")
 def text_export(tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
     """The tiny text classifier (see tests/service/textmodel.py), exported once per session."""
     return textmodel.build(tmp_path_factory.mktemp("text_export"))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from surety_serving.cli import (
     COMMANDS,
     DEFAULT_MODELS,
@@ -18,6 +20,8 @@ from surety_serving.cli import (
     main,
     parser,
 )
+
+pytestmark = pytest.mark.model
 
 
 def test_every_command_has_help():
@@ -58,6 +62,7 @@ def stamp(entry: Path, version: int) -> None:
     (entry / DEFAULTS_STAMP).write_text(json.dumps({"format": version}))
 
 
+@pytest.mark.slow  # trains digits again
 def test_build_defaults_rebuilds_entries_of_an_older_format(repository, tmp_path, caplog):
     root = tmp_path / "repo"
     shutil.copytree(repository / "digits", root / "digits")
@@ -182,3 +187,21 @@ def test_a_message_during_a_progress_bar_is_written_above_it():
         bar.update(1)
     lines = stream.getvalue().replace("\r", "\n").splitlines()
     assert "epoch 1 done" in lines  # a line of its own, not glued to the bar
+
+
+def test_data_prints_each_file_with_its_record_count(capsys):
+    """`surety data fortunes` on the cache `make data` filled: every split with its count."""
+    assert main(["data", "fortunes"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    files = {name: (int(count), Path(path)) for name, count, path in rows}
+    manifest = json.loads((files["train"][1].parent / "manifest.json").read_text())
+    assert {name: count for name, (count, _) in files.items()} == {
+        name: sum(per_label.values()) for name, per_label in manifest["counts"].items()
+    }
+
+
+def test_data_names_the_set_and_the_problem(tmp_path, capsys):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert main(["data", "doc-text", "--cache-dir", str(blocked / "cache")]) == 1
+    assert capsys.readouterr().err.startswith("data: doc-text: [Errno 20] Not a directory")

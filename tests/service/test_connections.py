@@ -16,6 +16,8 @@ from surety_kit.server import running_server
 from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 
+pytestmark = pytest.mark.model
+
 TIMEOUT_S = 0.5
 BUDGET = 100_000
 PATH = "/v2/models/digits/score"

@@ -14,6 +14,8 @@ from starlette.requests import Request
 from surety_serving import errors
 from surety_serving.api.errors import handle_error
 
+pytestmark = pytest.mark.unit
+
 CASES = [
     (errors.InvalidInputError("input 'x' is bad"), 400, False, "input 'x' is bad"),
     (errors.ModelNotFoundError("model 'm' is not in the repository"), 404, False, "model 'm'"),

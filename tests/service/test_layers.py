@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 SERVICE = Path(__file__).resolve().parents[2] / "service" / "surety_serving"
 #: What neither the runtime nor the HTTP layer may import (the tasks import them).
 FORBIDDEN = (

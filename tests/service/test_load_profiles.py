@@ -18,6 +18,8 @@ import pytest
 
 from tests.service.helpers import run_locust
 
+pytestmark = pytest.mark.model
+
 LOAD_TESTS = Path(__file__).resolve().parents[2] / "load_tests"
 
 
@@ -92,6 +94,7 @@ def run_capacity(
     return json.loads(report.read_text()), rows
 
 
+@pytest.mark.slow  # a load profile of several steps
 def test_capacity_profile_steps_up_to_the_max(server, tmp_path):
     report, rows = run_capacity(server, tmp_path, "--p99-bound-ms", "5000")
     assert [(step["index"], step["users"]) for step in report["steps"]] == [(1, 2), (2, 4)]

@@ -8,6 +8,8 @@ import pytest
 
 from tests.service.helpers import run_locust
 
+pytestmark = pytest.mark.model
+
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "load_tests" / "locustfile.py"
 
 

@@ -26,6 +26,8 @@ import pytest
 from surety_kit.server import running_server
 from surety_serving.settings import Settings
 
+pytestmark = pytest.mark.model
+
 LOADGEN = Path(__file__).resolve().parents[2] / "bench" / "loadgen.py"
 CLIENTS = 384
 WARMUP_S = 1.0

@@ -13,6 +13,8 @@ import pytest
 from surety_kit.payloads import image_request
 from surety_kit.server import serve
 
+pytestmark = pytest.mark.model
+
 DRAIN_S = 2.0
 SHUTDOWN_TIMEOUT_S = 8.0
 CLIENTS = 8

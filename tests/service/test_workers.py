@@ -19,6 +19,8 @@ from surety_serving.cli import parser
 from surety_serving.metrics import cpu_seconds
 from surety_serving.settings import Settings
 
+pytestmark = pytest.mark.model
+
 WORKERS = 2
 REQUESTS = 300
 CLIENTS = 12

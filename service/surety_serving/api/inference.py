@@ -18,8 +18,8 @@ from fastapi import Request, Response
 from surety_serving.api.uploads import UploadHold
 from surety_serving.errors import InvalidInputError, RequestTimeoutError, RequestTooLargeError
 from surety_serving.protocol.codec import HEADER_LENGTH, decode_request, encode_response
+from surety_serving.protocol.types import InferRequest, InferResponse
 from surety_serving.runtime.dataplane import DataPlane, Method
-from surety_serving.runtime.types import InferRequest, InferResponse
 from surety_serving.settings import Settings
 
 #: The deadline header: seconds (decimal), as ``Retry-After`` counts them.

@@ -5,15 +5,13 @@ docs/models.md, "The modules in detail", states it in full.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import logging
 import os
 import re
 import string
-import sys
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +34,6 @@ __all__ = [
     "TextSet",
     "default_cache_dir",
     "keep_paragraph",
-    "main",
     "manpage_paragraphs",
     "policy_paragraphs",
     "prepare_doc_text",
@@ -323,32 +320,3 @@ def prepare_doc_text(
 def _count_lines(path: Path) -> int:
     with path.open(encoding="utf-8") as f:
         return sum(1 for line in f if line.strip())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m surety_serving.data.doc_text``: prepare the sets and print their paths and
-    sizes."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help=f"default: ${CACHE_DIR_ENV} or data/debian-docs",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    from surety_serving.cli import configure_logging
-
-    configure_logging()
-    try:
-        paths = prepare_doc_text(args.cache_dir, seed=args.seed)
-    except DebianError as exc:
-        print(f"doc_text: error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({name: str(path) for name, path in paths.items()}, indent=2))
-    print(json.dumps({name: _count_lines(path) for name, path in paths.items()}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -5,12 +5,10 @@ docs/models.md, "The modules in detail", states it in full.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
-import sys
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +45,6 @@ __all__ = [
     "default_cache_dir",
     "download_corpus",
     "load_topics",
-    "main",
     "normalise_entry",
     "parse_fortune_bytes",
     "parse_fortune_file",
@@ -417,28 +414,3 @@ def _prepare(
     totals = ", ".join(f"{name} {sum(c.values())}" for name, c in counts.items())
     log.info(f"splits written to {out}: {totals}")
     return FortunesDataset(**{**dataset.__dict__, "counts": counts})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m surety_serving.data.fortunes``: prepare the corpus and print the counts."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--cache-dir", type=Path, default=None, help=f"default: ${CACHE_DIR_ENV} or data/fortunes"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    from surety_serving.cli import configure_logging
-
-    configure_logging()
-    try:
-        dataset = prepare_fortunes(args.cache_dir, seed=args.seed)
-    except FortunesError as exc:
-        print(f"fortunes: error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: str(v) for k, v in dataset.split_paths().items()}, indent=2))
-    print(json.dumps(dataset.counts, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

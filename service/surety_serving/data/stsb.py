@@ -5,7 +5,6 @@ docs/judge.md, "The modules in detail", states it in full.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -42,7 +41,6 @@ __all__ = [
     "decode_split",
     "default_cache_dir",
     "download_sources",
-    "main",
     "prepare_stsb",
     "read_fairseq_dictionary",
     "read_indexed_dataset",
@@ -406,27 +404,3 @@ def prepare_stsb(cache_dir: Path | None = None) -> StsbDataset:
         )
         log.info(f"splits written to {out}: {counts}")
         return StsbDataset(**{**dataset.__dict__, "counts": counts})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m surety_serving.data.stsb``: prepare STS-B and print the files and counts."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--cache-dir", type=Path, default=None, help=f"default: ${CACHE_DIR_ENV} or data/stsb"
-    )
-    args = parser.parse_args(argv)
-    from surety_serving.cli import configure_logging
-
-    configure_logging()
-    try:
-        dataset = prepare_stsb(args.cache_dir)
-    except StsbError as exc:
-        print(f"stsb: error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: str(v) for k, v in dataset.split_paths().items()}, indent=2))
-    print(json.dumps(dataset.counts, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,6 +27,7 @@ import numpy.typing as npt
 from surety_serving.judge.inputs import JudgeInputs
 from surety_serving.judge.prompt import encode_prompts
 from surety_serving.runtime.config import CONFIG_FILE, load_config
+from surety_serving.tasks.judge import JudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def compute_layer_logits(
 
     from surety_serving.runtime.session import session_options
 
-    config = load_config(entry / CONFIG_FILE)
+    config = load_config(entry / CONFIG_FILE, JudgeConfig)
     spec = config.judge
     if spec is None:
         raise ValueError(f"{entry} is not a judge (task: {config.task})")

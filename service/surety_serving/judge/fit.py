@@ -27,6 +27,7 @@ from surety_serving.judge.lager import (
     uniform_weights,
 )
 from surety_serving.runtime.config import CONFIG_FILE, load_config
+from surety_serving.tasks.judge import JudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def stsb_sample(split: str, count: int | None, values: F64, seed: int = 0) -> St
 def judge_scale(entry: Path) -> F64:
     """The score values of the judge at ``entry``; ValueError unless it is one that STS-B's
     pairs can fill (fields text_a and text_b)."""
-    config = load_config(entry / CONFIG_FILE)
+    config = load_config(entry / CONFIG_FILE, JudgeConfig)
     spec = config.judge
     if spec is None:
         raise ValueError(f"{entry} is not a judge (task: {config.task})")
@@ -146,7 +147,7 @@ def fit_judge(
     from surety_serving.judge.graph import set_layer_weights
 
     started = time.monotonic()
-    spec = load_config(entry / CONFIG_FILE).judge
+    spec = load_config(entry / CONFIG_FILE, JudgeConfig).judge
     if spec is None:
         raise ValueError(f"{entry} is not a judge")
     values = np.asarray(spec.score_values, dtype=np.float64)

@@ -22,8 +22,8 @@ from surety_serving.judge.prompt import (
     encode_prompts,
     load_tokenizer,
 )
+from surety_serving.protocol.types import Parameters, Tensor
 from surety_serving.runtime.decoders import Decoded, request_texts
-from surety_serving.runtime.types import Parameters, Tensor
 
 if TYPE_CHECKING:
     from surety_serving.tasks.judge import JudgeSpec

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from surety_serving.errors import InvalidInputError, describe_validation
 from surety_serving.protocol.datatypes import JSON_KINDS, NUMPY_DTYPES
 from surety_serving.protocol.schemas import InferenceRequest, RequestInput
-from surety_serving.runtime.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from surety_serving.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
 JSON_TYPE = "application/json"

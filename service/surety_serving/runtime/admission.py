@@ -14,9 +14,9 @@ from surety_serving.errors import (
     QueueFullError,
 )
 from surety_serving.metrics import Metrics
+from surety_serving.protocol.types import InferRequest
 from surety_serving.runtime.lifecycle import Models
 from surety_serving.runtime.repository import ModelVersion
-from surety_serving.runtime.types import InferRequest
 
 #: A model's burst allowance (``BurstAllowance``) refills from empty in this many seconds.
 BURST_REFILL_S = 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar, overload
 
 import yaml
 from pydantic import (
@@ -145,11 +145,6 @@ class ModelConfig(Strict):
         "docs/optimize.md): a record, not acted on when serving",
     )
 
-    if TYPE_CHECKING:
-        # A task's section is typed on its config class; code that holds the common type
-        # (offline tools reading any entry) reads sections untyped.
-        def __getattr__(self, name: str) -> Any: ...
-
     @model_validator(mode="wrap")
     @classmethod
     def _as_task(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
@@ -176,6 +171,9 @@ class ModelConfig(Strict):
         return [feed for spec in self.inputs for feed in spec.feeds()]
 
 
+ConfigT = TypeVar("ConfigT", bound=ModelConfig)
+
+
 def task_problem(data: Any) -> str | None:
     """What is wrong with the ``task:`` of a raw config: not a registered task, or a section
     of another task (sections are named after their task)."""
@@ -195,9 +193,13 @@ def task_problem(data: Any) -> str | None:
     return None
 
 
-def load_config(path: Path) -> ModelConfig:
+@overload
+def load_config(path: Path) -> ModelConfig: ...
+@overload
+def load_config(path: Path, expected: type[ConfigT]) -> ConfigT: ...
+def load_config(path: Path, expected: type[ModelConfig] = ModelConfig) -> ModelConfig:
     """Read and validate ``config.yaml`` into its task's config class; ConfigError names the
-    file and the field."""
+    file and the field, or the task when the entry is not of the ``expected`` config class."""
     from surety_serving.tasks.registry import config_adapter
 
     try:
@@ -213,4 +215,6 @@ def load_config(path: Path) -> ModelConfig:
     except ValidationError as exc:
         detail = describe_validation(exc, drop=raw.get("task") if isinstance(raw, dict) else None)
         raise ConfigError(f"{path}: {detail.removeprefix('invalid request: ')}") from exc
+    if not isinstance(config, expected):
+        raise ConfigError(f"{path}: task is '{config.task}', not a {expected.__name__}")
     return config

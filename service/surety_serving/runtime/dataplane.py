@@ -13,11 +13,11 @@ from functools import partial
 from typing import Any
 
 from surety_serving.metrics import Metrics
+from surety_serving.protocol.types import InferRequest, InferResponse
 from surety_serving.runtime.admission import Admission
 from surety_serving.runtime.dispatch import Dispatch
 from surety_serving.runtime.lifecycle import Models
 from surety_serving.runtime.repository import ModelEntry, ModelVersion
-from surety_serving.runtime.types import InferRequest, InferResponse
 from surety_serving.settings import Settings
 
 #: An inference-style method: (model, version, request, deadline) → response.

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from surety_serving.errors import ConfigError, InvalidInputError
+from surety_serving.protocol.types import Parameters, Tensor
 from surety_serving.runtime.config import InputSpec, ModelConfig
 from surety_serving.runtime.session import Feeds
-from surety_serving.runtime.types import Parameters, Tensor
 
 if TYPE_CHECKING:
     from tokenizers import Encoding, Tokenizer

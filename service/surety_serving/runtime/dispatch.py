@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from surety_serving.errors import EndpointNotServedError, InvalidInputError
 from surety_serving.metrics import Metrics
+from surety_serving.protocol.types import InferRequest, InferResponse, Parameters, Tensor
 from surety_serving.runtime.admission import Admission
 from surety_serving.runtime.lifecycle import Models
 from surety_serving.runtime.repository import ModelVersion
 from surety_serving.runtime.session import Feeds
-from surety_serving.runtime.types import InferRequest, InferResponse, Parameters, Tensor
 from surety_serving.tasks.base import Options, ServedModel, select_outputs
 
 #: Largest request whose stage (e.g. uncertainty) runs inline when it is its model's only one.

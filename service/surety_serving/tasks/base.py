@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from surety_serving.errors import InvalidInputError
+from surety_serving.protocol.types import InferRequest, InferResponse, Parameters, Tensor
 from surety_serving.runtime.decoders import Decoded
 from surety_serving.runtime.session import Feeds
-from surety_serving.runtime.types import InferRequest, InferResponse, Parameters, Tensor
 
 if TYPE_CHECKING:
     from surety_serving.metrics import BatchMetrics, Metrics

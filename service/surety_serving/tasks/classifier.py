@@ -18,10 +18,10 @@ from pydantic import Field, model_validator
 
 from surety_serving.errors import ConfigError, InvalidInputError, NotCalibratedError
 from surety_serving.metrics import Metrics
+from surety_serving.protocol.types import InferRequest, InferResponse, Parameters, Tensor
 from surety_serving.runtime.config import NAME_PATTERN, FeedSpec, ModelConfig, Strict, TensorSpec
 from surety_serving.runtime.decoders import Decoded, InputDecoder, build_decoders, pad_values
 from surety_serving.runtime.session import Feeds, OnnxSession
-from surety_serving.runtime.types import InferRequest, InferResponse, Parameters, Tensor
 from surety_serving.tasks.base import (
     Call,
     Endpoint,

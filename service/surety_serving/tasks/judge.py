@@ -17,6 +17,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from surety_serving.judge.inputs import JudgeInputs
 from surety_serving.judge.prompt import template_problems
+from surety_serving.protocol.types import InferResponse, Tensor
 from surety_serving.runtime.config import (
     FILE_PATTERN,
     NAME_PATTERN,
@@ -27,7 +28,6 @@ from surety_serving.runtime.config import (
 )
 from surety_serving.runtime.decoders import Decoded
 from surety_serving.runtime.session import OnnxSession
-from surety_serving.runtime.types import InferResponse, Tensor
 from surety_serving.tasks.base import Call, Endpoint, Options, ServedModel, Task, select_outputs
 from surety_serving.tasks.registry import register_task
 
@@ -120,12 +120,10 @@ class JudgeConfig(ModelConfig):
     """An LLM judge's ``config.yaml``."""
 
     task: Literal["judge"]
-    judge: JudgeSpec | None = Field(default=None, description="the judge's prompt")
+    judge: JudgeSpec = Field(description="the judge's prompt")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.judge is None:
-            raise ValueError("a judge needs a 'judge' section")
         outputs: dict[str, TensorSpec] = {spec.name: spec for spec in self.outputs}
         missing = [name for name in self.judge.outputs if name not in outputs]
         if missing:
@@ -142,7 +140,6 @@ class JudgeConfig(ModelConfig):
 
     def feeds(self) -> list[FeedSpec]:
         """The rendered prompts' tokens."""
-        assert self.judge is not None
         return self.judge.feeds()
 
 
@@ -177,7 +174,7 @@ class JudgeTask(Task):
     )
 
     def load(self, config: ModelConfig, folder: Path, session: OnnxSession) -> ServedModel:
-        assert isinstance(config, JudgeConfig) and config.judge is not None
+        assert isinstance(config, JudgeConfig)
         return ServedJudge(config.judge, folder)
 
     async def serve(self, endpoint: str, call: Call) -> InferResponse:

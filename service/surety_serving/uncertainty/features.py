@@ -21,10 +21,11 @@ from numpy.typing import NDArray
 from surety_serving.data.jsonl import read_objects
 from surety_serving.errors import InvalidInputError
 from surety_serving.protocol.datatypes import NUMPY_DTYPES
-from surety_serving.runtime.config import CONFIG_FILE, ModelConfig, load_config
+from surety_serving.protocol.types import Tensor
+from surety_serving.runtime.config import CONFIG_FILE, load_config
 from surety_serving.runtime.decoders import InputDecoder, build_decoders
 from surety_serving.runtime.session import Feeds, OnnxSession
-from surety_serving.runtime.types import Tensor
+from surety_serving.tasks.classifier import ClassifierConfig
 from surety_serving.uncertainty.base import FeatureSet
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,14 @@ log = logging.getLogger(__name__)
 class OfflineModel:
     """A model version outside the server: its config, request decoders and session."""
 
-    config: ModelConfig
+    config: ClassifierConfig
     decoders: Mapping[str, InputDecoder]
     run: Callable[[Feeds], Feeds]
 
     @classmethod
     def load(cls, entry: Path, version: int) -> OfflineModel:
         """`<entry>/config.yaml` and `<entry>/<version>/model.onnx`, on every core (offline)."""
-        config = load_config(entry / CONFIG_FILE)
+        config = load_config(entry / CONFIG_FILE, ClassifierConfig)
         version_dir = entry / str(version)
         session = OnnxSession(version_dir / "model.onnx", config, os.cpu_count() or 1)
         return cls(config, build_decoders(config, version_dir), session.run)
@@ -58,7 +59,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def label_indices(
-    records: list[dict[str, Any]], config: ModelConfig, path: Path
+    records: list[dict[str, Any]], config: ClassifierConfig, path: Path
 ) -> NDArray[np.int64]:
     """Class indices of the records' ``label`` fields (a label name or an index)."""
     index = {label: i for i, label in enumerate(config.labels)}

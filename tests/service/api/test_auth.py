@@ -21,6 +21,8 @@ from surety_serving.main import create_app
 from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 
+pytestmark = pytest.mark.model
+
 KEYS = ("k-alpha-7f3e", "k-beta-19ac")
 FILE_KEY = "k-from-file-5d21"
 PROTECTED = [

@@ -8,9 +8,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from surety_kit.payloads import image_request
 from tests.service.helpers import run_direct
+
+pytestmark = pytest.mark.model
 
 CLIENTS = 32
 ROUNDS = 4

@@ -7,6 +7,8 @@ import pytest
 from surety_kit.payloads import image_request
 from tests.service.api.test_metrics import scrape, value
 
+pytestmark = pytest.mark.model
+
 
 @pytest.mark.parametrize("endpoint", ["infer", "score", "uncertainty"])
 def test_a_deadline_that_passes_is_a_504(client, images, endpoint):

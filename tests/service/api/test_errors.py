@@ -11,6 +11,8 @@ import pytest
 
 from surety_kit.payloads import image_request
 
+pytestmark = pytest.mark.model
+
 ROW = [0.0] * 64
 
 

@@ -21,6 +21,8 @@ from surety_kit.server import running_server
 from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 
+pytestmark = pytest.mark.model
+
 KEY = "k-fast-3e1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 #: Headers that must agree; Date and X-Request-ID (generated) differ by nature.

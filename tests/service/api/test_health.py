@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytestmark = pytest.mark.model
+
 
 def test_server_metadata_lists_extensions(client, triton):
     body = client.get("/v2").json()

@@ -17,6 +17,8 @@ from surety_serving.settings import Settings
 from tests.service import textmodel
 from tests.service.textmodel import text_request
 
+pytestmark = pytest.mark.model
+
 DIGITS = "/v2/models/digits/infer"
 TEXT = f"/v2/models/{textmodel.NAME}/score"
 DEFAULTS = Settings()

@@ -13,6 +13,8 @@ import tritonclient.http as triton_http
 from surety_kit.payloads import image_request
 from tests.service.helpers import run_direct
 
+pytestmark = pytest.mark.model
+
 
 def decode_binary(response) -> tuple[Any, bytes]:
     length = int(response.headers["inference-header-content-length"])

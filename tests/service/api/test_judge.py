@@ -21,8 +21,11 @@ from surety_serving.judge.prompt import encode_prompts, load_tokenizer
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.session import session_options
 from surety_serving.settings import Settings
+from surety_serving.tasks.judge import JudgeConfig
 from tests.service.api.test_metrics import scrape, value
 from tests.service.judge.tinylm import build_tiny_llama
+
+pytestmark = pytest.mark.model
 
 JUDGE = "tiny-judge"
 USER = "Sentence A : {text_a} . Sentence B : {text_b} . Rate how"
@@ -64,7 +67,7 @@ def judge_client(judge_repository: Path) -> Iterator[httpx.Client]:
 
 def direct(root: Path, rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
     """The graph's outputs for ``rows``, encoded as the server encodes them, each row alone."""
-    config = load_config(root / JUDGE / "config.yaml")
+    config = load_config(root / JUDGE / "config.yaml", JudgeConfig)
     spec = config.judge
     assert spec is not None
     session = ort.InferenceSession(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import http.client
 
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from surety_kit.payloads import image_request
+
+pytestmark = pytest.mark.model
 
 
 def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.model
+
 EXPECTED_OUTPUTS = {
     "probabilities": [-1, 10],
     "logits": [-1, 10],

@@ -14,6 +14,8 @@ import pytest
 
 from surety_serving.api.errors import ALL_ERRORS
 
+pytestmark = pytest.mark.model
+
 INFERENCE_ROUTES = [
     f"/v2/models/{{model}}{version}/{route}"
     for version in ("", "/versions/{version}")
@@ -173,6 +175,7 @@ def test_docs_load_nothing_from_a_third_party(client):
     assert client.get("/redoc").status_code == 404
 
 
+@pytest.mark.slow  # fuzzing: a few hundred generated requests
 def test_schemathesis_finds_nothing(server, tmp_path):
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from surety_serving.api import pacing
 from surety_serving.api.pacing import RetryPacer
+
+pytestmark = pytest.mark.unit
 
 CLIENT = ("127.0.0.1", 40000)
 

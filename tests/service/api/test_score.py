@@ -10,6 +10,8 @@ import pytest
 from surety_kit.payloads import image_request
 from tests.service.helpers import run_direct
 
+pytestmark = pytest.mark.model
+
 
 def outputs(body: dict[str, Any]) -> dict[str, Any]:
     return {o["name"]: o for o in body["outputs"]}

@@ -17,6 +17,8 @@ from surety_serving.api.fast import inference_path
 from surety_serving.settings import Settings
 from tests.service.api.test_metrics import scrape, value
 
+pytestmark = pytest.mark.model
+
 INFERENCE_ROUTES = {"infer", "score", "uncertainty", "judge"}
 
 

@@ -20,14 +20,16 @@ from onnx import TensorProto, helper
 
 from surety_kit.payloads import image_request
 from surety_kit.server import running_server
+from surety_serving.protocol.types import InferResponse, Tensor
 from surety_serving.runtime.config import ModelConfig, Strict
 from surety_serving.runtime.decoders import Decoded, decode_tensor
 from surety_serving.runtime.session import OnnxSession
-from surety_serving.runtime.types import InferResponse, Tensor
 from surety_serving.settings import Settings
 from surety_serving.tasks import registry
 from surety_serving.tasks.base import Call, Endpoint, Options, ServedModel, Task
 from tests.service.api.test_metrics import scrape, value
+
+pytestmark = pytest.mark.model
 
 WIDTH = 4
 MODEL = "echo-model"

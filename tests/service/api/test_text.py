@@ -19,6 +19,8 @@ from surety_serving.export.encoder import EncodedBatch
 from tests.service import textmodel
 from tests.service.textmodel import binary_text_request, text_request
 
+pytestmark = pytest.mark.model
+
 SCORE = f"/v2/models/{textmodel.NAME}/score"
 INFER = f"/v2/models/{textmodel.NAME}/infer"
 

@@ -20,6 +20,8 @@ from surety_serving.tasks.classifier import load_uncertainty
 from surety_serving.uncertainty.served import UNCERTAINTY_OUTPUTS
 from tests.service.helpers import run_direct
 
+pytestmark = pytest.mark.model
+
 SCORE = ["probabilities", "predicted_index", "predicted_label"]
 
 

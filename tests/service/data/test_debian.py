@@ -10,6 +10,8 @@ import pytest
 
 from surety_serving.data.debian import STAMP_NAME, DebianError, download_packages, read_stamp
 
+pytestmark = pytest.mark.unit
+
 
 def _no_apt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shutil.which", lambda _: None)

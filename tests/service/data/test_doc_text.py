@@ -23,6 +23,8 @@ from surety_serving.data.doc_text import (
 )
 from surety_serving.data.fortunes import read_jsonl
 
+pytestmark = pytest.mark.unit
+
 # --------------------------------------------------------------------------------------------
 # Paragraph filter
 

@@ -23,6 +23,8 @@ from surety_serving.data.fortunes import (
     write_jsonl,
 )
 
+pytestmark = pytest.mark.unit
+
 # --------------------------------------------------------------------------------------------
 # Parsing
 
@@ -198,7 +200,7 @@ def test_prepare_splits_a_local_corpus_once(
 
 
 # --------------------------------------------------------------------------------------------
-# The real corpus (downloaded once into the cache: data/fortunes or $SURETY_FORTUNES_DIR)
+# The real corpus, from the cache `make data` fills (data/fortunes or $SURETY_FORTUNES_DIR)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ from surety_serving.data.stsb import (
     write_jsonl,
 )
 
+pytestmark = pytest.mark.unit
+
 _CODES = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4, np.dtype(np.int64): 5}
 
 

@@ -31,7 +31,10 @@ from surety_serving.export.encoder import (
     load_encoder,
 )
 from surety_serving.runtime.config import ModelConfig, load_config
+from surety_serving.tasks.classifier import ClassifierConfig
 from tests.service import textmodel
+
+pytestmark = pytest.mark.model
 
 HIDDEN = 384
 LAYERS = 6
@@ -200,7 +203,7 @@ def test_scale_divides_the_logits_inside_the_softmax_only(
 
 
 def test_config_yaml_is_servable(built: ExportResult) -> None:
-    config = load_config(built.model_root / "config.yaml")
+    config = load_config(built.model_root / "config.yaml", ClassifierConfig)
     assert config.model_dump(mode="json") == ModelConfig.model_validate(
         repository_config(built.metadata)
     ).model_dump(mode="json")

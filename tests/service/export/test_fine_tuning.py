@@ -40,6 +40,10 @@ from surety_serving.export.encoder import (
 )
 from surety_serving.models.torch_threads import one_torch_thread
 from surety_serving.runtime.config import load_config
+from surety_serving.tasks.classifier import ClassifierConfig
+from tests.tiers import model_fixture
+
+pytestmark = pytest.mark.model
 
 LAYERS = 3
 HIDDEN = 32
@@ -71,7 +75,7 @@ def one_thread() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 3-layer BERT folder (with MiniLM's tokenizer) and train / test JSONL files."""
     root = tmp_path_factory.mktemp("fine_tuning")
@@ -233,6 +237,7 @@ def test_all_layers_train(tuned: ExportResult, work: Path) -> None:
         ), prefix
 
 
+@pytest.mark.slow  # a second export (the frozen encoder)
 def test_zero_layers_is_the_frozen_encoder_with_a_head_fitted_on_its_embeddings(
     frozen: ExportResult, work: Path, texts: list[str]
 ) -> None:
@@ -422,6 +427,7 @@ def test_the_reference_module_computes_the_same_score(tuned: ExportResult, work:
 # The record and the servable config
 
 
+@pytest.mark.slow  # a second export (the frozen encoder)
 def test_export_json_records_the_fine_tuning(tuned: ExportResult, frozen: ExportResult) -> None:
     metadata = read_export_metadata(tuned.model_root)
     training = metadata["training"]
@@ -471,7 +477,7 @@ def test_graph_carries_the_token_output_and_its_record(tuned: ExportResult) -> N
 
 
 def test_config_yaml_names_the_token_score(tuned: ExportResult) -> None:
-    config = load_config(tuned.model_root / "config.yaml")
+    config = load_config(tuned.model_root / "config.yaml", ClassifierConfig)
     assert config.uncertainty.token_score == TOKEN_OUTPUT
     assert config.uncertainty.taps == list(tuned.taps)
     (token,) = [o for o in config.outputs if o.name == TOKEN_OUTPUT]

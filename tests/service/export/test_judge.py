@@ -32,7 +32,11 @@ from surety_serving.kernels.reference import expected_score
 from surety_serving.optimize.options import OptimizeOptions
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.session import session_options
+from surety_serving.tasks.judge import JudgeConfig
 from tests.service.judge.tinylm import build_tiny_llama
+from tests.tiers import model_fixture
+
+pytestmark = pytest.mark.model
 
 LAYERS = 2
 #: ``--attention sparse`` (dense pattern) with the default drift tolerance; the softmaxes stay.
@@ -49,7 +53,7 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), layers=LAYERS)
 
@@ -129,7 +133,7 @@ def _torch_layer_logits(
 def test_writes_a_servable_entry(exported):
     root = exported.model_root
     assert (root / "1" / "model.onnx").is_file() and (root / "1" / "tokenizer.json").is_file()
-    config = load_config(root / "config.yaml")
+    config = load_config(root / "config.yaml", JudgeConfig)
     assert config.task == "judge" and config.judge is not None
     assert config.judge.fields == ["text_a", "text_b"]
     assert [i.name for i in config.inputs] == ["text_a", "text_b"]
@@ -283,7 +287,7 @@ def test_cli_writes_the_entry_and_refuses_to_overwrite(tiny_model, tmp_path, cap
     args = ["export", "judge", "--model", str(tiny_model), "--name", "tiny"]
     args += ["--model-repository", str(tmp_path), "--lens", "normed", "--max-prompt-tokens", "64"]
     assert surety(args) == 0
-    config = load_config(tmp_path / "tiny" / "config.yaml")
+    config = load_config(tmp_path / "tiny" / "config.yaml", JudgeConfig)
     assert config.judge is not None and config.judge.lens == "normed"
     assert config.judge.max_prompt_tokens == 64
     assert "written to" in capsys.readouterr().out
@@ -292,10 +296,10 @@ def test_cli_writes_the_entry_and_refuses_to_overwrite(tiny_model, tmp_path, cap
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     # A second version joins the entry; --force replaces version 1 and the config, not version 2.
     assert surety([*args, "--version", "2", "--lens", "raw"]) == 0
-    assert load_config(tmp_path / "tiny" / "config.yaml").judge.lens == "raw"
+    assert load_config(tmp_path / "tiny" / "config.yaml", JudgeConfig).judge.lens == "raw"
     version_2 = (tmp_path / "tiny" / "2" / "model.onnx").stat().st_mtime_ns
     assert surety([*args, "--force"]) == 0
-    assert load_config(tmp_path / "tiny" / "config.yaml").judge.lens == "normed"
+    assert load_config(tmp_path / "tiny" / "config.yaml", JudgeConfig).judge.lens == "normed"
     assert (tmp_path / "tiny" / "2" / "model.onnx").stat().st_mtime_ns == version_2
     assert (tmp_path / "tiny" / "1" / "model.onnx").is_file()
 
@@ -362,7 +366,7 @@ def test_cli_sparse_attention_records_the_options(tiny_model, tmp_path, capsys):
     root = tmp_path / "tiny"
     written = yaml.safe_load((root / "config.yaml").read_text("utf-8"))
     assert written["optimize"] == SPARSE.record()
-    config = load_config(root / "config.yaml")
+    config = load_config(root / "config.yaml", JudgeConfig)
     assert config.optimize is not None and config.optimize["attention"] == "sparse"
     attention = _attention_nodes(root / "1" / "model.onnx")
     assert len(attention) == LAYERS
@@ -389,7 +393,7 @@ def test_config_refuses_inconsistent_judge_sections(exported):
     good = yaml.safe_load((exported.model_root / "config.yaml").read_text())
     ModelConfig.model_validate(good)
     cases: dict[str, Callable[[dict[str, Any]], object]] = {
-        "a judge needs a 'judge' section": lambda c: c.pop("judge"),
+        "judge\n  Field required": lambda c: c.pop("judge"),
         "truncate names fields": lambda c: c["judge"].update(truncate=["nope"]),
         "differ in length": lambda c: c["judge"].update(score_values=[1, 2]),
         "names {text_b} 0 times": lambda c: c["judge"]["prompt"].update(user="{text_a}"),

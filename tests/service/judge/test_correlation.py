@@ -13,6 +13,8 @@ from surety_serving.judge.correlation import (
     spearman,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_ties_share_the_average_of_their_ranks() -> None:
     np.testing.assert_array_equal(average_ranks([30, 10, 20, 20, 20]), [5, 1, 3, 3, 3])

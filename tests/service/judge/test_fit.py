@@ -19,12 +19,16 @@ from surety_serving.judge.inputs import JudgeInputs
 from surety_serving.judge.lager import append_constant_layer, center_logits, expected_score
 from surety_serving.runtime.config import load_config
 from surety_serving.runtime.session import session_options
+from surety_serving.tasks.judge import JudgeConfig
 from tests.service.judge.tinylm import build_tiny_llama, tokenizer_words
+from tests.tiers import model_fixture
+
+pytestmark = pytest.mark.model
 
 USER = "Sentence A : {text_a} . Sentence B : {text_b} . Rate how"
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def judge(tmp_path_factory) -> Path:
     model = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), layers=2)
     root = tmp_path_factory.mktemp("repo")
@@ -53,13 +57,13 @@ def test_logits_are_extracted_once(judge, caplog):
     assert "from" in caplog.messages[-1] and CACHE_DIR in caplog.messages[-1]
     assert len(list((judge / CACHE_DIR).glob("*.npy"))) >= 1
     # The same prompts through the served encoding, one at a time, give the same logits.
-    config = load_config(judge / "config.yaml")
+    config = load_config(judge / "config.yaml", JudgeConfig)
     assert config.judge is not None
     inputs = JudgeInputs(config.judge, judge / "1")
     session = ort.InferenceSession(
         str(judge / "1" / "model.onnx"), session_options(1), ["CPUExecutionProvider"]
     )
-    from surety_serving.runtime.types import Tensor
+    from surety_serving.protocol.types import Tensor
 
     for i, row in enumerate(sample[:3]):
         fields = {
@@ -95,10 +99,10 @@ def test_the_best_method_on_validation_is_written_and_served(judge):
     weights = next(
         np.asarray(t) for t in _initialisers(judge / "1" / "model.onnx", "layer_weights")
     )
-    config = load_config(judge / "config.yaml")
+    config = load_config(judge / "config.yaml", JudgeConfig)
     assert config.judge is not None
     inputs = JudgeInputs(config.judge, judge / "1")
-    from surety_serving.runtime.types import Tensor
+    from surety_serving.protocol.types import Tensor
 
     row = sample_rows[0]
     fields = {

@@ -15,6 +15,8 @@ from surety_serving.judge.lager import (
     expected_score,
 )
 
+pytestmark = pytest.mark.unit
+
 V = np.asarray(DEFAULT_SCORE_VALUES)
 L, K, SIGNAL = 6, 5, 2
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train logits, labels; validation

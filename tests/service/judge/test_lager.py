@@ -23,6 +23,8 @@ from surety_serving.judge.lager import (
 )
 from surety_serving.kernels import reference
 
+pytestmark = pytest.mark.unit
+
 V = np.asarray(DEFAULT_SCORE_VALUES)
 B, L, K = 16, 7, 5
 KINDS = ["layer", "layer_score"]

@@ -15,6 +15,8 @@ from surety_serving.judge.prompt import (
 )
 from tests.service.judge.tinylm import build_tokenizer
 
+pytestmark = pytest.mark.unit
+
 USER = "Sentence A : {text_a} . Sentence B : {text_b} . Rate how"
 
 

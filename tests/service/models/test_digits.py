@@ -12,6 +12,8 @@ from surety_serving import kernels
 from surety_serving.models import digits
 from tests.service.helpers import run_direct
 
+pytestmark = pytest.mark.model
+
 
 def test_held_out_accuracy(digits_build):
     assert digits_build.test_accuracy >= 0.95

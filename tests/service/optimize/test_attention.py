@@ -27,12 +27,15 @@ from tests.service.optimize.graphs import (
     run_reference,
     scalar,
 )
+from tests.tiers import model_fixture
+
+pytestmark = pytest.mark.model
 
 LAYERS = 2
 DENSE = OptimizeOptions(attention="sparse", sparse=SparseOptions(pattern="dense"))
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def bert(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
     return export_bert(str(tmp_path_factory.mktemp("bert") / "bert.onnx"))
 

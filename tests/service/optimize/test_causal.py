@@ -14,6 +14,8 @@ from surety_serving.optimize.options import OptimizeOptions, SparseOptions
 from surety_serving.optimize.pipeline import optimize, rewrite
 from tests.service.optimize.graphs import floats, make_model, node_of, ops, run_ort, scalar
 
+pytestmark = pytest.mark.unit
+
 HEADS, SIZE, VALUE_SIZE = 2, 4, 3
 DENSE = OptimizeOptions(attention="sparse", sparse=SparseOptions(pattern="dense"), softmax=False)
 LOWEST = float(np.finfo(np.float32).min)

@@ -20,6 +20,8 @@ from surety_serving.optimize.pipeline import optimize_file
 from surety_serving.runtime.config import load_config
 from tests.service.optimize.graphs import ops
 
+pytestmark = pytest.mark.model
+
 
 @pytest.mark.slow  # the tiny export (~30 s) when no other test built it
 def test_softmax_pass_keeps_the_classifier_within_tolerance(

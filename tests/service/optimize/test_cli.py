@@ -14,6 +14,8 @@ from surety_serving.optimize.options import OptimizeOptions
 from surety_serving.optimize.pipeline import optimize_file, uses_external_data
 from tests.service.optimize.graphs import floats, make_model, ops, scalar
 
+pytestmark = pytest.mark.unit
+
 WIDTH = 512  # a bias of 2 KiB: above onnx's 1 KiB threshold for external data
 
 

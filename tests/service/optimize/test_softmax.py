@@ -20,6 +20,8 @@ from tests.service.optimize.graphs import (
     scalar,
 )
 
+pytestmark = pytest.mark.unit
+
 SCORES = [2, 3, 5]
 
 

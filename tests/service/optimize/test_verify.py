@@ -11,6 +11,8 @@ from onnx import TensorProto, helper
 
 from surety_serving.optimize.verify import difference, drift, magnitude
 
+pytestmark = pytest.mark.unit
+
 
 def affine(scale: float, shift: float) -> onnx.ModelProto:
     """y = x · scale + shift, float32 [N]."""

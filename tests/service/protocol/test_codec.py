@@ -14,7 +14,9 @@ import pytest
 from surety_serving.errors import InvalidInputError
 from surety_serving.protocol.codec import MAX_DIMS, decode_request, encode_response
 from surety_serving.protocol.datatypes import NUMPY_DTYPES, datatype_of
-from surety_serving.runtime.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from surety_serving.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
+
+pytestmark = pytest.mark.unit
 
 SAMPLES = {
     "BOOL": np.array([[True, False, True], [False, False, True]]),

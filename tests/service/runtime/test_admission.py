@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from surety_serving.runtime import admission
 from surety_serving.runtime.admission import BurstAllowance
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_burst_takes_the_allowance_then_meets_the_limit():

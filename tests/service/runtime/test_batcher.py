@@ -22,6 +22,8 @@ from surety_serving.runtime import batcher as batcher_module
 from surety_serving.runtime.batcher import Batcher, BatchPolicy
 from surety_serving.runtime.session import Feeds
 
+pytestmark = pytest.mark.model
+
 
 def feeds(images: np.ndarray) -> Feeds:
     return {"image": images, "scale": np.ones((len(images), 1), dtype=np.float32)}

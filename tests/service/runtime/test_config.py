@@ -11,6 +11,9 @@ import yaml
 from surety_serving.errors import ConfigError
 from surety_serving.models.digits import repository_config
 from surety_serving.runtime.config import load_config
+from surety_serving.tasks.classifier import ClassifierConfig
+
+pytestmark = pytest.mark.unit
 
 
 def write(tmp_path: Path, config: object) -> Path:
@@ -20,7 +23,7 @@ def write(tmp_path: Path, config: object) -> Path:
 
 
 def test_the_digits_config_is_valid(tmp_path):
-    config = load_config(write(tmp_path, repository_config(0.99)))
+    config = load_config(write(tmp_path, repository_config(0.99)), ClassifierConfig)
     assert config.task == "classifier"
     assert config.uncertainty.taps == ["block1_features", "block2_features", "block3_features"]
     assert config.batching.max_batch_size == 64

@@ -16,6 +16,7 @@ from tokenizers import AddedToken, Encoding, Tokenizer, normalizers, pre_tokeniz
 
 from surety_serving.errors import InvalidInputError
 from surety_serving.export.classifier import ExportResult
+from surety_serving.protocol.types import Tensor
 from surety_serving.runtime.config import InputSpec, load_config
 from surety_serving.runtime.decoders import (
     BUDGET_GROWTH,
@@ -26,8 +27,9 @@ from surety_serving.runtime.decoders import (
     pad_values,
 )
 from surety_serving.runtime.repository import load_entry
-from surety_serving.runtime.types import Tensor
 from tests.service import textmodel
+
+pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")

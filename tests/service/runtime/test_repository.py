@@ -16,6 +16,8 @@ from surety_serving.errors import ConfigError
 from surety_serving.runtime.repository import load_repository
 from surety_serving.settings import Settings
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def mixed_repository(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -11,6 +11,8 @@ import pytest
 from surety_serving.cli import main
 from surety_serving.uncertainty import SDM, ServedOOD
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture
 def uncalibrated(repository: Path, tmp_path: Path) -> Path:

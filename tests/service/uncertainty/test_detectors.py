@@ -17,6 +17,8 @@ from surety_serving.uncertainty.ood import CandidateSpec, candidates
 
 from .conftest import gaussian_classes
 
+pytestmark = pytest.mark.unit
+
 MEANS = np.array([[-6.0, 0.0, 0.0, 0.0], [6.0, 0.0, 0.0, 0.0]])
 _MIX = np.random.default_rng(7)
 TAP_B = _MIX.normal(size=(4, 6))

@@ -15,6 +15,8 @@ from surety_serving.uncertainty.evaluation import (
     selective_metrics,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_perfect_separation_scores_one() -> None:
     m = detection_metrics(np.array([5.0, 6.0, 7.0]), np.array([1.0, 2.0]))

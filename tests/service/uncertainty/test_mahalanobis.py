@@ -10,6 +10,8 @@ from surety_serving.uncertainty.mahalanobis import TapGaussian, prepared
 
 from .conftest import gaussian_classes
 
+pytestmark = pytest.mark.unit
+
 MEANS = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 1.0], [0.0, 5.0, -2.0]])
 COV = np.array([[2.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 0.5]])
 

@@ -16,6 +16,8 @@ from surety_serving.uncertainty.selection import RULE_BEST, RULE_FALLBACK, selec
 
 from .test_detectors import TAPS, TOKEN, every_candidate, far_away, in_distribution
 
+pytestmark = pytest.mark.unit
+
 
 def test_candidates_are_the_documented_list() -> None:
     normalised_c = {"tap": "c", "normalise": True}

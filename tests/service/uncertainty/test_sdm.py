@@ -20,6 +20,8 @@ from surety_serving.uncertainty.sdm import (
 
 from .conftest import gaussian_classes, numpy_scaled_softmax
 
+pytestmark = pytest.mark.unit
+
 
 def test_activation_limits() -> None:
     z = np.array([[1.0, -2.0, 0.5], [10.0, 9.0, -3.0]])

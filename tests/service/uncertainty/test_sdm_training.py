@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from surety_serving.uncertainty.sdm_training import train_sdm_head
 
 from .conftest import gaussian_classes
+
+pytestmark = pytest.mark.unit
 
 MEANS = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 1.0], [0.0, 3.0, -1.0]])
 
