@@ -151,7 +151,7 @@ print("hf-kernels", kernels.__file__, "transformers", transformers.__version__,
 """
 
 
-@pytest.mark.slow  # imports torch and transformers in a process of its own (~10 s)
+@pytest.mark.slow  # imports torch and transformers in a process of its own
 @pytest.mark.network  # pip installs `kernels` when the lock has none
 @pytest.mark.model
 def test_hugging_face_kernels_and_ours_load_in_one_process(tmp_path):

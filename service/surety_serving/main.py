@@ -81,7 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         load_repository, settings.model_repository, settings.intra_op_threads
     )
     plane = DataPlane(entries, settings, app.state.metrics)
-    await plane.start()
+    await plane.models.start()
     # The server's signal handling drains and closes the data plane (surety_serving.server).
     app.state.dataplane = plane
     # Everything loaded so far lives as long as the process: the cyclic collector need not
@@ -90,5 +90,5 @@ async def lifespan(app: FastAPI) -> AsyncIterator[State]:
     try:
         yield {"dataplane": plane, "uploads": UploadBudget(settings.max_buffered_bytes)}
     finally:
-        await plane.stop()
+        await plane.models.stop()
         blas_limits.restore_original_limits()

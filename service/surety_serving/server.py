@@ -141,7 +141,7 @@ class SuretyServer(uvicorn.Server):
         assert self._loop is not None
         plane: DataPlane | None = getattr(self.app.state, "dataplane", None)
         if plane is not None:
-            plane.draining = True
+            plane.models.draining = True
         settings = self.settings
         log.info(
             "shutting down: readiness 503, %s, unanswered requests get 503 after %g s",
@@ -159,7 +159,7 @@ class SuretyServer(uvicorn.Server):
         log.warning("shutdown bound of %g s reached", self.settings.shutdown_timeout_s)
         self.should_exit = True
         if plane is not None:
-            plane.close()
+            plane.models.close()
 
 
 def build_server(settings: Settings) -> SuretyServer:

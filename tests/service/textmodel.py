@@ -1,5 +1,5 @@
 """The tiny text classifier shared by the export and text-serving tests: a few short fortunes
-per topic, exported once per session (~30 s), never the full fortune-topics model."""
+per topic, exported once per session, never the full fortune-topics model."""
 
 from __future__ import annotations
 

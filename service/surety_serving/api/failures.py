@@ -17,7 +17,12 @@ async def error_response(request: Request, exc: Exception) -> Response:
     reason = spec_for(exc).reject_reason
     model = request.path_params.get("model")
     plane: DataPlane | None = getattr(request.state, "dataplane", None)
-    if reason is not None and model is not None and plane is not None and plane.is_known(model):
+    if (
+        reason is not None
+        and model is not None
+        and plane is not None
+        and plane.models.is_known(model)
+    ):
         metrics: Metrics = request.app.state.metrics
         metrics.rejected.labels(model=model, reason=reason).inc()
     return handle_error(request, exc, settings.retry_after_s)

@@ -55,7 +55,7 @@ class InferenceFastPath:
             if self.keyring is not None:
                 await self.keyring.authenticate(request)
             plane: DataPlane = scope["state"]["dataplane"]
-            method = plane.method(path["endpoint"])
+            method = plane.dispatch.method(path["endpoint"])
             response = await handle_inference(
                 request, plane, method, model, int(version) if version else None
             )

@@ -19,7 +19,7 @@ probes = APIRouter(prefix="/v2/health", tags=["health"])
 @router.get("", name="server_metadata", response_model=ServerMetadata, responses=error_responses())
 async def server_metadata(plane: DataPlaneDep) -> OrjsonResponse:
     """Server name, version and the protocol extensions it serves."""
-    return OrjsonResponse(plane.server_metadata())
+    return OrjsonResponse(plane.models.server_metadata())
 
 
 @probes.get("/live", name="live", response_model=Liveness, responses=error_responses())
@@ -31,5 +31,5 @@ async def live() -> OrjsonResponse:
 @probes.get("/ready", name="ready", response_model=Readiness, responses=error_responses(503))
 async def ready(plane: DataPlaneDep) -> OrjsonResponse:
     """200 when the repository loaded (every model, with strict readiness); 503 otherwise."""
-    plane.check_ready()
+    plane.models.check_ready()
     return OrjsonResponse({"ready": True})

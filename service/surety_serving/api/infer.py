@@ -22,7 +22,7 @@ RESPONSES = inference_responses()
 )
 async def infer(model: ModelName, request: Request, plane: DataPlaneDep) -> Response:
     """OIP inference: JSON tensors or the binary tensor extension, in and out."""
-    return await handle_inference(request, plane, plane.infer, model, None)
+    return await handle_inference(request, plane, plane.dispatch.infer, model, None)
 
 
 @router.post(
@@ -36,4 +36,4 @@ async def infer_version(
     model: ModelName, version: Version, request: Request, plane: DataPlaneDep
 ) -> Response:
     """OIP inference on one version of the model."""
-    return await handle_inference(request, plane, plane.infer, model, version)
+    return await handle_inference(request, plane, plane.dispatch.infer, model, version)

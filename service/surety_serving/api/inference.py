@@ -19,7 +19,8 @@ from surety_serving.api.uploads import UploadHold
 from surety_serving.errors import InvalidInputError, RequestTimeoutError, RequestTooLargeError
 from surety_serving.protocol.codec import HEADER_LENGTH, decode_request, encode_response
 from surety_serving.protocol.types import InferRequest, InferResponse
-from surety_serving.runtime.dataplane import DataPlane, Method
+from surety_serving.runtime.dataplane import DataPlane
+from surety_serving.runtime.dispatch import Method
 from surety_serving.settings import Settings
 
 #: The deadline header: seconds (decimal), as ``Retry-After`` counts them.
@@ -35,7 +36,7 @@ async def handle_inference(
     """Serve one inference-style request with ``method`` (a DataPlane method)."""
     arrived = time.monotonic()
     timeout_s = header_timeout(request.headers.get(REQUEST_TIMEOUT))
-    with plane.admitted(model, version, timeout_s, arrived):
+    with plane.admission.admitted(model, version, timeout_s, arrived):
         with request.state.uploads.hold() as hold:
             body = await read_body(request, plane.settings, hold)
             decode = functools.partial(
@@ -49,7 +50,7 @@ async def handle_inference(
                 infer_request = await asyncio.to_thread(decode)
             else:
                 infer_request = decode()
-        deadline = plane.deadline(model, version, infer_request, timeout_s, arrived)
+        deadline = plane.admission.deadline(model, version, infer_request, timeout_s, arrived)
         result = await method(model, version, infer_request, deadline)
         if sum(tensor.data.nbytes for tensor in result.outputs) > INLINE_CODEC_BYTES:
             return await asyncio.to_thread(inference_response, result, infer_request)

@@ -6,7 +6,7 @@ Pure ASGI rather than BaseHTTPMiddleware, which costs a task and a stream per re
 Shedding: under overload most inference requests are refused, so a refusal must cost a small
 fraction of an answer, or refusing eats the capacity it protects. Here, before routing,
 dependencies and exception handling, a 429 costs about what a health check does (figures in
-docs/benchmarks.md, Overload). Only load is judged this early (`DataPlane.shed`); everything
+docs/benchmarks.md, Overload). Only load is judged this early (`Admission.shed`); everything
 else, authentication included, is left to the route, which admits the request for good. A
 connection that comes back before its ``Retry-After`` has its refusal held
 (surety_serving.api.pacing).
@@ -128,7 +128,7 @@ class RequestMiddleware:
             return None  # the route answers it, after authentication
         version = path["version"]
         try:
-            plane.shed(
+            plane.admission.shed(
                 path["model"], int(version) if version else None, timeout_s, time.monotonic()
             )
         except LOAD_REFUSALS as exc:
@@ -151,7 +151,7 @@ class RequestMiddleware:
     def _known(scope: Scope, model: str) -> str:
         """The model's name, or one value for every name the repository does not hold."""
         plane = scope.get("state", {}).get("dataplane")
-        if model and (plane is None or not plane.is_known(model)):
+        if model and (plane is None or not plane.models.is_known(model)):
             return UNKNOWN_MODEL
         return model
 

@@ -22,7 +22,7 @@ VERSION_ERRORS = error_responses(400, 404, 503)
 @router.get("", name="model_metadata", response_model=ModelMetadata, responses=MODEL_ERRORS)
 async def model_metadata(model: ModelName, plane: DataPlaneDep) -> OrjsonResponse:
     """Inputs, outputs (-1 = variable dimension), platform and versions of a model."""
-    return OrjsonResponse(plane.model_metadata(model))
+    return OrjsonResponse(plane.models.model_metadata(model))
 
 
 @router.get(
@@ -35,13 +35,13 @@ async def version_metadata(
     model: ModelName, version: Version, plane: DataPlaneDep
 ) -> OrjsonResponse:
     """Inputs, outputs (-1 = variable dimension) and platform of one version of a model."""
-    return OrjsonResponse(plane.model_metadata(model, version))
+    return OrjsonResponse(plane.models.model_metadata(model, version))
 
 
 @router.get("/ready", name="model_ready", response_model=ModelReadiness, responses=MODEL_ERRORS)
 async def model_ready(model: ModelName, plane: DataPlaneDep) -> OrjsonResponse:
     """200 when the model has a loaded version, 503 when none loaded, 404 if unknown."""
-    plane.version(model)
+    plane.models.version(model)
     return OrjsonResponse({"name": model, "ready": True})
 
 
@@ -53,5 +53,5 @@ async def model_ready(model: ModelName, plane: DataPlaneDep) -> OrjsonResponse:
 )
 async def version_ready(model: ModelName, version: Version, plane: DataPlaneDep) -> OrjsonResponse:
     """200 when the version is loaded, 503 when it failed to load, 404 if unknown."""
-    plane.version(model, version)
+    plane.models.version(model, version)
     return OrjsonResponse({"name": model, "ready": True})

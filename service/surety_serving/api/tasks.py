@@ -53,7 +53,7 @@ def _add(router: APIRouter, endpoint: Endpoint) -> None:
 
 def _latest(endpoint: str) -> Callable[..., Awaitable[Response]]:
     async def handler(model: ModelName, request: Request, plane: DataPlaneDep) -> Response:
-        return await handle_inference(request, plane, plane.method(endpoint), model, None)
+        return await handle_inference(request, plane, plane.dispatch.method(endpoint), model, None)
 
     handler.__name__ = endpoint
     return handler
@@ -63,7 +63,9 @@ def _versioned(endpoint: str) -> Callable[..., Awaitable[Response]]:
     async def handler(
         model: ModelName, version: Version, request: Request, plane: DataPlaneDep
     ) -> Response:
-        return await handle_inference(request, plane, plane.method(endpoint), model, version)
+        return await handle_inference(
+            request, plane, plane.dispatch.method(endpoint), model, version
+        )
 
     handler.__name__ = f"{endpoint}_version"
     return handler

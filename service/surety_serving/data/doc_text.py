@@ -6,7 +6,6 @@ docs/models.md, "The modules in detail", states it in full.
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from surety_serving.data.debian import (
     read_stamp,
     repo_root,
 )
+from surety_serving.data.jsonl import cached_counts, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -291,12 +291,9 @@ def prepare_doc_text(
         }
         out = cache_dir / "sets" / f"seed-{seed}"
         paths = {name: out / f"{name}.jsonl" for name in SETS}
-        manifest_path = out / "manifest.json"
-        if manifest_path.is_file() and all(p.is_file() for p in paths.values()):
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            if manifest.get("parameters") == parameters:
-                log.info(f"sets cached in {out}")
-                return paths
+        if cached_counts(out, parameters, paths.values()) is not None:
+            log.info(f"sets cached in {out}")
+            return paths
 
         in_distribution = fortunes.load_topics(fortunes_topic_dir, fortunes.IN_DISTRIBUTION_TOPICS)
         exclude = {text for texts in in_distribution.values() for text in texts}
@@ -308,15 +305,7 @@ def prepare_doc_text(
                 raise DebianError(f"{text_set.package} yielded no paragraphs")
             fortunes.write_jsonl(paths[name], (fortunes.Example(p, name) for p in sample))
             counts[name] = {"paragraphs": len(paragraphs), "sampled": len(sample)}
-        manifest_path.write_text(
-            json.dumps({"parameters": parameters, "counts": counts}, indent=2) + "\n",
-            encoding="utf-8",
-        )
+        write_manifest(out, parameters, counts)
         totals = ", ".join(f"{name} {c['sampled']}" for name, c in counts.items())
         log.info(f"sets written to {out}: {totals}")
         return paths
-
-
-def _count_lines(path: Path) -> int:
-    with path.open(encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())

@@ -5,7 +5,6 @@ docs/models.md, "The modules in detail", states it in full.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ from surety_serving.data.debian import (
     read_stamp,
     repo_root,
 )
-from surety_serving.data.jsonl import read_records, write_records
+from surety_serving.data.jsonl import cached_counts, read_records, write_manifest, write_records
 
 log = logging.getLogger(__name__)
 
@@ -368,14 +367,10 @@ def _prepare(
             topic: out / f"ood_validation_{topic}.jsonl" for topic in ood_validation_topics
         },
     )
-    manifest_path = out / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("parameters") == parameters and all(
-            p.is_file() for p in dataset.split_paths().values()
-        ):
-            log.info(f"splits cached in {out}")
-            return FortunesDataset(**{**dataset.__dict__, "counts": manifest["counts"]})
+    cached = cached_counts(out, parameters, dataset.split_paths().values())
+    if cached is not None:
+        log.info(f"splits cached in {out}")
+        return FortunesDataset(**{**dataset.__dict__, "counts": cached})
 
     log.info(
         f"parsing {len(topics)} in-distribution, {len(ood_topics)} OOD and "
@@ -407,10 +402,7 @@ def _prepare(
         for topic, path in paths.items():
             write_jsonl(path, (Example(text, topic) for text in texts[topic]))
             counts[f"{prefix}_{topic}"] = {topic: len(texts[topic])}
-    manifest_path.write_text(
-        json.dumps({"parameters": parameters, "counts": counts}, indent=2) + "\n",
-        encoding="utf-8",
-    )
+    write_manifest(out, parameters, counts)
     totals = ", ".join(f"{name} {sum(c.values())}" for name, c in counts.items())
     log.info(f"splits written to {out}: {totals}")
     return FortunesDataset(**{**dataset.__dict__, "counts": counts})

@@ -52,3 +52,31 @@ def _object(value: Any) -> dict[str, Any]:
 def read_objects(path: Path) -> list[dict[str, Any]]:
     """Every line's JSON object, as it is (blank lines are skipped)."""
     return read_records(path, _object, "JSON object")
+
+
+#: Beside a data set's JSONL files: the parameters they were made with and their counts.
+MANIFEST = "manifest.json"
+
+
+def cached_counts(
+    folder: Path, parameters: dict[str, Any], files: Iterable[Path]
+) -> dict[str, Any] | None:
+    """The counts of the files in ``folder`` if they were written with these ``parameters``
+    and every one is there; None when they must be made (again)."""
+    path = folder / MANIFEST
+    if not path.is_file() or not all(file.is_file() for file in files):
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("parameters") != parameters:
+        return None
+    counts: dict[str, Any] = manifest["counts"]
+    return counts
+
+
+def write_manifest(folder: Path, parameters: dict[str, Any], counts: dict[str, Any]) -> None:
+    """Record the parameters and counts of the files just written in ``folder``; written last,
+    so that files without their manifest are made again."""
+    (folder / MANIFEST).write_text(
+        json.dumps({"parameters": parameters, "counts": counts}, indent=2) + "\n",
+        encoding="utf-8",
+    )

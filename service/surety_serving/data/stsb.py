@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from surety_serving.data.debian import locked, repo_root
-from surety_serving.data.jsonl import read_records, write_records
+from surety_serving.data.jsonl import cached_counts, read_records, write_manifest, write_records
 
 log = logging.getLogger(__name__)
 
@@ -380,14 +380,10 @@ def prepare_stsb(cache_dir: Path | None = None) -> StsbDataset:
         parameters = {"format_version": FORMAT_VERSION, "sources": stamp}
         out = cache_dir / "splits"
         dataset = StsbDataset(directory=out, train=out / "train.jsonl", dev=out / "dev.jsonl")
-        manifest_path = out / "manifest.json"
-        if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            if manifest.get("parameters") == parameters and all(
-                p.is_file() for p in dataset.split_paths().values()
-            ):
-                log.info(f"splits cached in {out}")
-                return StsbDataset(**{**dataset.__dict__, "counts": manifest["counts"]})
+        cached = cached_counts(out, parameters, dataset.split_paths().values())
+        if cached is not None:
+            log.info(f"splits cached in {out}")
+            return StsbDataset(**{**dataset.__dict__, "counts": cached})
 
         log.info(f"decoding {sts_dir}")
         corpus = decode_corpus(sts_dir, encoder)
@@ -398,9 +394,6 @@ def prepare_stsb(cache_dir: Path | None = None) -> StsbDataset:
             raise StsbError(f"first train pair {corpus['train'][0]}, expected {FIRST_TRAIN_PAIR}")
         for name, path in dataset.split_paths().items():
             write_jsonl(path, corpus[name])
-        manifest_path.write_text(
-            json.dumps({"parameters": parameters, "counts": counts}, indent=2) + "\n",
-            encoding="utf-8",
-        )
+        write_manifest(out, parameters, counts)
         log.info(f"splits written to {out}: {counts}")
         return StsbDataset(**{**dataset.__dict__, "counts": counts})

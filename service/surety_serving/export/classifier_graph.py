@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from surety_serving.export.common import ONNX_OPSET, ExportError, ort_session, stamp_metadata
+from surety_serving.export.common import (
+    ONNX_OPSET,
+    ExportError,
+    check_graph_io,
+    ort_session,
+    stamp_metadata,
+)
 from surety_serving.export.encoder import (
     EncodedBatch,
     TokenGaussian,
@@ -102,12 +108,8 @@ def finish_graph(path: Path, output_names: Sequence[str], metadata: dict[str, st
         raise ExportError(f"{SOFTMAX_OP} feeds {custom[0].output[0]!r}, not 'probabilities'")
     if list(custom[0].input)[1:] != [SCALE_INPUT]:
         raise ExportError(f"{SOFTMAX_OP} takes {list(custom[0].input)}, not [logits, scale]")
-    inputs = [i.name for i in model.graph.input]
-    if inputs != list(MODEL_INPUTS):
-        raise ExportError(f"graph inputs {inputs} differ from {list(MODEL_INPUTS)}")
+    check_graph_io(model, MODEL_INPUTS, output_names)
     names = [o.name for o in model.graph.output]
-    if names != list(output_names):
-        raise ExportError(f"graph outputs {names} differ from {list(output_names)}")
     token = model.graph.output[names.index(TOKEN_OUTPUT)].type.tensor_type
     if token.elem_type != onnx.TensorProto.FLOAT or len(token.shape.dim) != 1:
         raise ExportError(f"{TOKEN_OUTPUT} is not a float32 vector [B]: {token}")

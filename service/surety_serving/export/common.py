@@ -79,6 +79,17 @@ def stamp_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
+def check_graph_io(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+    """ExportError unless the graph's inputs and outputs are these names, in this order: the
+    config.yaml written beside it names them."""
+    for kind, found, expected in (
+        ("inputs", [i.name for i in model.graph.input], list(inputs)),
+        ("outputs", [o.name for o in model.graph.output], list(outputs)),
+    ):
+        if found != expected:
+            raise ExportError(f"graph {kind} {found} differ from {expected}")
+
+
 def ort_session(path: Path) -> Any:
     """An ORT session on ``path`` with the ai.surety library: the parity checks' runtime, with
     the serving options (:func:`surety_serving.runtime.session.session_options`) and ORT's default

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from surety_serving.export.common import ONNX_OPSET, ExportError, stamp_metadata
+from surety_serving.export.common import ONNX_OPSET, check_graph_io, stamp_metadata
 from surety_serving.judge.graph import Lens, append_lager_head, final_norm, layer_weights
 from surety_serving.judge.prompt import EncodedPrompts
 from surety_serving.models.quiet_export import quiet_exporter
@@ -70,12 +70,7 @@ def finish_graph(path: Path, score_values: Sequence[float], metadata: Mapping[st
 
     model = onnx.load(str(path))
     append_lager_head(model, score_values)
-    inputs = [i.name for i in model.graph.input]
-    if inputs != list(INPUTS):
-        raise ExportError(f"graph inputs {inputs} differ from {list(INPUTS)}")
-    outputs = [o.name for o in model.graph.output]
-    if outputs != list(OUTPUTS):
-        raise ExportError(f"graph outputs {outputs} differ from {list(OUTPUTS)}")
+    check_graph_io(model, INPUTS, OUTPUTS)
     stamp_metadata(model, metadata)
     onnx.save(model, str(path))
 

@@ -7,8 +7,9 @@ every task; what an endpoint answers is the task's (``Task.serve``, given a :cla
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from surety_serving.errors import EndpointNotServedError, InvalidInputError
 from surety_serving.metrics import Metrics
@@ -24,6 +25,9 @@ INLINE_STAGE_ROWS = 4
 #: Requests carrying more input than this (bytes, or characters of text) are decoded and
 #: tokenized in a worker thread: a few hundred microseconds of the event loop at most.
 INLINE_DECODE_BYTES = 16 * 1024
+
+#: An inference-style method: (model, version, request, deadline) → response.
+Method = Callable[[str, int | None, InferRequest, float], Awaitable[InferResponse]]
 
 
 class Dispatch:
@@ -45,6 +49,13 @@ class Dispatch:
         outputs, notes = await call.run()
         tensors = [Tensor(name, datatypes[name], outputs[name]) for name in selected]
         return call.respond(tensors, notes)
+
+    def method(self, endpoint: str) -> Method:
+        """The method that answers ``endpoint``: ``infer``, or a task endpoint (409 on a
+        model whose task does not serve it)."""
+        if endpoint == "infer":
+            return self.infer
+        return partial(self.serve, endpoint)
 
     async def serve(
         self,

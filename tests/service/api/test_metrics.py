@@ -1,4 +1,4 @@
-"""GET /metrics: the DESIGN.md names, moving after requests, with bounded labels."""
+"""GET /metrics: the names docs/api.md lists, moving after requests, with bounded labels."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from tests.service.optimize.graphs import ops
 pytestmark = pytest.mark.model
 
 
-@pytest.mark.slow  # the tiny export (~30 s) when no other test built it
+@pytest.mark.slow  # the tiny export, when no other test built it
 def test_softmax_pass_keeps_the_classifier_within_tolerance(
     text_export: ExportResult, tmp_path: Path
 ) -> None:
@@ -37,7 +37,7 @@ def test_softmax_pass_keeps_the_classifier_within_tolerance(
     assert ops(onnx.load(str(target))).count("TwoPassSoftmax") == layers + 1
 
 
-@pytest.mark.slow  # a second tiny export (~20 s)
+@pytest.mark.slow  # a second tiny export
 def test_export_applies_and_records_the_attention_rewrite(
     text_export: ExportResult, tmp_path: Path
 ) -> None:
