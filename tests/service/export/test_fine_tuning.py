@@ -43,7 +43,9 @@ from surety_serving.runtime.config import load_config
 from surety_serving.tasks.classifier import ClassifierConfig
 from tests.tiers import model_fixture
 
-pytestmark = pytest.mark.model
+# Fine-tuning and exporting an encoder, three times over: slow, so `make test` runs it and
+# `make check` does not (the frozen-encoder export of tests/service/textmodel.py stays in both).
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 LAYERS = 3
 HIDDEN = 32
@@ -178,7 +180,6 @@ def fine_tune(work: Path, tuning: FineTuning) -> tuple[Any, fine_tuning.FineTune
 # Determinism
 
 
-@pytest.mark.slow  # a second export
 def test_the_same_seed_gives_the_same_export(
     tuned: ExportResult, tuned_again: ExportResult, texts: list[str]
 ) -> None:
@@ -237,7 +238,6 @@ def test_all_layers_train(tuned: ExportResult, work: Path) -> None:
         ), prefix
 
 
-@pytest.mark.slow  # a second export (the frozen encoder)
 def test_zero_layers_is_the_frozen_encoder_with_a_head_fitted_on_its_embeddings(
     frozen: ExportResult, work: Path, texts: list[str]
 ) -> None:
@@ -427,7 +427,6 @@ def test_the_reference_module_computes_the_same_score(tuned: ExportResult, work:
 # The record and the servable config
 
 
-@pytest.mark.slow  # a second export (the frozen encoder)
 def test_export_json_records_the_fine_tuning(tuned: ExportResult, frozen: ExportResult) -> None:
     metadata = read_export_metadata(tuned.model_root)
     training = metadata["training"]
