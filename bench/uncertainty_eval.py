@@ -3,9 +3,11 @@
 Per model (`digits`, `fortune-topics`, whichever the repository holds, calibrated):
 
 - OOD detection, in-distribution = the test split: every candidate of the detector registry
-  (`surety_serving.uncertainty.ood.candidates`, fitted exactly as calibration fits them) on every
-  evaluation OOD set — AUROC and FPR at TPR 95% — with the served detector marked and its
-  validation AUROC (what the selection rule saw) beside it. OOD sets: digits — uniform-noise
+  (`surety_serving.uncertainty.ood.candidates`) alone, as a conformal p-value against the
+  calibration split, and the served set's combined p-value, on every evaluation OOD set — AUROC,
+  the share of the set not flagged at the model's `ood_level` (FPR), the test split's flagged
+  share — with the set's members marked and the validation AUROC the selection rule saw beside
+  them. OOD sets: digits — uniform-noise
   images and pixel-shuffled test digits; fortune-topics — the held-out fortune topics `zippy`
   and `songs-poems` (near OOD) and Linux man-page paragraphs (`manpages`, far OOD).
 - Length robustness (text): AUROC on `songs-poems` by text length, and the rank correlation of
@@ -41,7 +43,7 @@ from surety_serving.uncertainty.calibrate import ARTIFACT_DIR, softmax_rows, wil
 from surety_serving.uncertainty.detectors import Detector, fit_detector
 from surety_serving.uncertainty.evaluation import detection_metrics, selective_metrics
 from surety_serving.uncertainty.features import OfflineModel, feature_set, read_jsonl
-from surety_serving.uncertainty.ood import candidates
+from surety_serving.uncertainty.ood import Candidate, candidates, conformal_p_values
 from surety_serving.uncertainty.sdm_training import train_sdm_head
 
 SEED = 0
@@ -93,44 +95,70 @@ def fmt(value: float | None) -> str:
 
 def label(method: str, params: Mapping[str, object]) -> str:
     """A candidate as a table cell: method and its parameters."""
-    if method == "combined":
-        parts = params["parts"]
-        assert isinstance(parts, list)
-        return " + ".join(label(p["method"], p["params"]) for p in parts)
     shown = ", ".join(f"{k}={v if k != 'taps' else 'all'}" for k, v in params.items())
     return f"`{method}`" + (f" ({shown})" if shown else "")
 
 
+def at_level(
+    in_p: np.ndarray, out_p: Mapping[str, np.ndarray], level: float
+) -> tuple[list[str], float]:
+    """Cells "AUROC / FPR" per OOD set (FPR: the share of the set not flagged at the level) and
+    the share of the in-distribution test split flagged."""
+    cells = []
+    for p in out_p.values():
+        auroc = detection_metrics(in_p, p).auroc
+        cells.append(f"{fmt(auroc)} / {fmt(float(np.mean(p >= level)))}")
+    return cells, float(np.mean(in_p < level))
+
+
 def detection_section(
     served: ServedOOD,
+    level: float,
     train: FeatureSet,
     calibration: FeatureSet,
     test: FeatureSet,
     oods: dict[str, FeatureSet],
-    specs: list[tuple[str, dict[str, object]]],
+    specs: list[Candidate],
 ) -> tuple[list[str], dict[str, dict[str, float]]]:
-    """The candidates table and the AUROC per (candidate label, OOD set)."""
+    """Every candidate alone (its conformal p-value against the whole calibration split) and the
+    served set's combined p-value: AUROC and FPR at the level per OOD set, and the test split's
+    flagged share. Returns the table and the AUROC per (row, OOD set)."""
     records = served.selection.get("candidates", [])
     validation = {(r["method"], json.dumps(r["params"], sort_keys=True)): r for r in records}
-    sets = list(oods)
-    columns = ["detector", "validation mean AUROC", *(f"{n}: AUROC / FPR95" for n in sets)]
+    members = {(m.name, json.dumps(m.detector.params(), sort_keys=True)) for m in served.members}
+    columns = ["detector", "role", "validation mean AUROC"]
+    columns += [*(f"{n}: AUROC / FPR at {level}" for n in oods), "test flagged"]
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     table: dict[str, dict[str, float]] = {}
-    served_key = (served.method, json.dumps(served.detector.params(), sort_keys=True))
-    for method, params in specs:
-        detector: Detector = fit_detector(train, calibration, method, params)
-        key = (method, json.dumps(detector.params(), sort_keys=True))
-        name = label(method, params) + (" **(served)**" if key == served_key else "")
-        in_scores = detector.score(test.taps, test.logits)
-        cells, aurocs = [], {}
-        for set_name, ood in oods.items():
-            m = detection_metrics(in_scores, detector.score(ood.taps, ood.logits))
-            aurocs[set_name] = m.auroc
-            cells.append(f"{fmt(m.auroc)} / {fmt(m.fpr_at_tpr95)}")
-        table[name] = aurocs
+    for candidate in specs:
+        detector: Detector = fit_detector(train, calibration, candidate.method, candidate.params)
+        key = (candidate.method, json.dumps(detector.params(), sort_keys=True))
+        name = label(candidate.method, candidate.params) + (
+            " **(in set)**" if key in members else ""
+        )
+        reference = np.sort(detector.score(calibration.features(), calibration.logits))
+        in_p = conformal_p_values(reference, detector.score(test.features(), test.logits))
+        out_p = {
+            n: conformal_p_values(reference, detector.score(o.features(), o.logits))
+            for n, o in oods.items()
+        }
+        cells, flagged = at_level(in_p, out_p, level)
+        table[name] = {n: detection_metrics(in_p, p).auroc for n, p in out_p.items()}
         record = validation.get(key)
         mean_auroc = None if record is None else record.get("mean_auroc")
-        rows.append(f"| {name} | {fmt(mean_auroc)} | " + " | ".join(cells) + " |")
+        rows.append(
+            f"| {name} | {candidate.role} | {fmt(mean_auroc)} | "
+            + " | ".join(cells)
+            + f" | {fmt(flagged)} |"
+        )
+    in_p = served.evaluate(test.features(), test.logits, level)["ood_p_value"]
+    out_p = {
+        n: served.evaluate(o.features(), o.logits, level)["ood_p_value"] for n, o in oods.items()
+    }
+    cells, flagged = at_level(in_p, out_p, level)
+    name = f"**served: min of {', '.join(served.names)}, calibrated**"
+    table[name] = {n: detection_metrics(in_p, p).auroc for n, p in out_p.items()}
+    rows.append(f"| {name} | set | – | " + " | ".join(cells) + f" | {fmt(flagged)} |")
     return rows, table
 
 
@@ -360,7 +388,7 @@ def evaluate(name: str, entry: Path, splits: Splits, version: int) -> list[str]:
     test = feature_set(model, splits.test, features=names)
     oods = {n: feature_set(model, p, labelled=False, features=names) for n, p in splits.ood.items()}
     specs = candidates(spec.taps, spec.token_score)
-    detection, _ = detection_section(served, train, calibration, test, oods, specs)
+    detection, _ = detection_section(served, spec.ood_level, train, calibration, test, oods, specs)
     rules, notes = selective_rules(sdm, spec.sdm_calibration, train, calibration, test, oods)
     accuracy = float(np.mean(test.predictions == test.labels))
     selection = served.selection
@@ -368,9 +396,10 @@ def evaluate(name: str, entry: Path, splits: Splits, version: int) -> list[str]:
         f"## {name}",
         "",
         f"Test split: {len(test.labels)} inputs, accuracy {accuracy:.4f}; calibration "
-        f"{len(calibration.labels)}, train (support) {len(train.labels)}. Served OOD detector: "
-        f"{label(served.method, served.detector.params())}, chosen by: {selection.get('rule')} "
-        f"(validation sets: {', '.join(selection.get('validation_sets', [])) or 'none'}).",
+        f"{len(calibration.labels)}, train (support) {len(train.labels)}. Served OOD detectors: "
+        + ", ".join(f"{label(m.name, m.detector.params())} ({m.role})" for m in served.members)
+        + f", level {spec.ood_level}; chosen by: {selection.get('rule')} (validation sets: "
+        f"{', '.join(selection.get('validation_sets', [])) or 'none'}).",
         "",
         "### OOD detection (positive = in-distribution test split)",
         "",
@@ -386,8 +415,9 @@ def evaluate(name: str, entry: Path, splits: Splits, version: int) -> list[str]:
             ("mahalanobis", {"tap": spec.taps[-1], "normalise": False}),
             ("mahalanobis", {"tap": spec.taps[-1], "normalise": True}),
         ]
-        served_spec = (served.method, served.detector.params())
-        compared = {label(*served_spec) + " **(served)**": served.detector}
+        semantic = served.mahalanobis
+        served_spec = (semantic.name, semantic.detector.params())
+        compared = {label(*served_spec) + " **(in set)**": semantic.detector}
         for method, params in compared_specs:
             if (method, params) != served_spec:
                 compared[label(method, params)] = fit_detector(train, calibration, method, params)

@@ -256,7 +256,7 @@ def test_uncertainty_digits_flags_the_white_square(http):
         [images(DIGIT_ZERO, WHITE)],
         ["predicted_label", "mahalanobis_score", "ood", "sdm_reliable", "sdm_p_lower"],
     )
-    assert result.get_response()["parameters"]["ood_method"]
+    assert result.get_response()["parameters"]["ood_detectors"]
     assert strings(result, "predicted_label")[0] == "0"
     assert numbers(result, "ood").tolist() == [False, True]
     assert not numbers(result, "sdm_reliable")[1]

@@ -32,8 +32,8 @@ from surety_serving.tasks.base import (
     select_outputs,
 )
 from surety_serving.tasks.registry import register_task
-from surety_serving.uncertainty.base import ArtifactError
-from surety_serving.uncertainty.served import UNCERTAINTY_OUTPUTS, ServedUncertainty
+from surety_serving.uncertainty.base import TEXTS, ArtifactError
+from surety_serving.uncertainty.served import ON_REQUEST, UNCERTAINTY_OUTPUTS, ServedUncertainty
 
 SCORE_OUTPUTS = ("probabilities", "predicted_index", "predicted_label")
 UNCERTAINTY_STAGE = "uncertainty"
@@ -59,8 +59,15 @@ class UncertaintySpec(Strict):
     )
     ood_method: str | None = Field(
         default=None,
-        description="the OOD detector to serve (a registry name); unset: chosen at calibration "
-        "by the rule in docs/uncertainty.md",
+        description="the semantic OOD detector of the set (a Mahalanobis method of the "
+        "registry); unset: chosen at calibration by the rule in docs/uncertainty.md",
+    )
+    ood_level: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=1.0,
+        description="`ood` is an OOD p-value below this level: the share of in-distribution "
+        "inputs flagged",
     )
     alpha: float = Field(
         default=0.95, gt=0.5, lt=1.0, description="SDM's reliability level for this model"
@@ -137,6 +144,10 @@ class ServedClassifier(ServedModel):
         self.decoders: dict[str, InputDecoder] = build_decoders(config, folder)
         self.pad_values = pad_values(self.decoders)
         self.labels = np.array([label.encode() for label in config.labels], dtype=object)
+        #: The request input whose texts the text-reading OOD detectors read, if any.
+        self.text_input = next(
+            (spec.name for spec in config.inputs if spec.datatype == "BYTES"), None
+        )
         #: The fitted OOD detector and SDM, or None when the version was never calibrated.
         self.uncertainty = uncertainty
 
@@ -178,9 +189,10 @@ class ClassifierTask(Task):
         ),
         Endpoint(
             "uncertainty",
-            "The infer body in; the score outputs plus mahalanobis_score, ood, "
-            "sdm_probabilities,\nsdm_q, sdm_d, sdm_reliable and sdm_p_lower. 409 if the model "
-            "was never calibrated.",
+            "The infer body in; the score outputs plus ood_p_value, ood, ood_detectors, "
+            "mahalanobis_score,\nsdm_probabilities, sdm_q, sdm_d, sdm_reliable and sdm_p_lower; "
+            "ood_detector_p_values when named\nin the request's outputs. 409 if the model was "
+            "never calibrated.",
             "``uncertainty`` on one version of the model.",
         ),
     )
@@ -203,7 +215,8 @@ class ClassifierTask(Task):
                 f"run `surety calibrate {call.model} --train FILE --calibration FILE` first"
             )
         available = [*SCORE_OUTPUTS, *(UNCERTAINTY_OUTPUTS if with_uncertainty else ())]
-        selected = select_outputs(call.model, available, call.request)
+        default = [name for name in available if name not in ON_REQUEST]
+        selected = select_outputs(call.model, available, call.request, default)
         outputs, notes = await call.run({"scale": 1.0 / temperature})
         probabilities = outputs[served.spec.probabilities]
         index = probabilities.argmax(axis=-1).astype(np.int64)
@@ -214,13 +227,15 @@ class ClassifierTask(Task):
         }
         if estimators is not None:
             feeds = {name: outputs[name] for name in (*estimators.taps, estimators.logits)}
+            if estimators.ood.reads_texts():
+                feeds[TEXTS] = _texts(call.request, served.text_input)
             values = await call.stage(UNCERTAINTY_STAGE, feeds, len(index))
             _record_uncertainty(call.metrics, call.model, values)
             for name, datatype in UNCERTAINTY_OUTPUTS.items():
                 computed[name] = Tensor(name, datatype, values[name])
         parameters: Parameters = {
             "temperature": temperature,
-            **({"ood_method": estimators.ood_method} if estimators is not None else {}),
+            **({"ood_detectors": ",".join(estimators.ood.names)} if estimators else {}),
             **notes,
         }
         return call.respond([computed[name] for name in selected], parameters)
@@ -242,7 +257,7 @@ def load_uncertainty(
     }
     try:
         return ServedUncertainty.load(
-            version_dir, spec.features, spec.logits, widths, len(config.labels)
+            version_dir, spec.features, spec.logits, widths, len(config.labels), spec.ood_level
         )
     except ArtifactError as exc:
         raise ConfigError(f"uncertainty artifacts: {exc}") from exc
@@ -254,6 +269,17 @@ def _record_uncertainty(metrics: Metrics, model: str, values: Mapping[str, np.nd
     histogram = metrics.mahalanobis_score.labels(model=model)
     for score in values["mahalanobis_score"].tolist():
         histogram.observe(score)
+
+
+def _texts(request: InferRequest, name: str | None) -> np.ndarray:
+    """The request's texts, one ``str`` per row, for the detectors that read text."""
+    tensor = next((t for t in request.inputs if t.name == name), None)
+    if tensor is None:
+        raise InvalidInputError(f"the OOD detectors read input '{name}', which is missing")
+    return np.array(
+        [value.decode("utf-8", errors="replace") for value in tensor.data.reshape(-1)],
+        dtype=object,
+    )
 
 
 def _temperature(request: InferRequest) -> float:

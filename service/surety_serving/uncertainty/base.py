@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,16 +17,24 @@ class ArtifactError(ValueError):
     """A fitted artifact is missing, malformed, or does not match the model it is loaded for."""
 
 
+#: The key under which a detector's ``features`` carry the request's raw texts (an object array
+#: of ``str``, one per row), for the detectors that read text rather than model outputs; a
+#: detector that reads them lists it in ``inputs()`` with width 0.
+TEXTS = "@texts"
+
+
 @dataclass(frozen=True)
 class FeatureSet:
     """Model outputs on a labelled split: per-tap features, logits, and the true labels.
 
-    `taps` maps a tap name (a model output such as ``pooled_3``) to a [N, F] feature matrix.
+    `taps` maps a tap name (a model output such as ``pooled_3``) to a [N, F] feature matrix;
+    `texts` holds the split's input texts, in row order, for a text model.
     """
 
     taps: Mapping[str, FloatArray]
     logits: FloatArray
     labels: IntArray
+    texts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.logits.shape[0]
@@ -36,6 +45,23 @@ class FeatureSet:
         for name, features in self.taps.items():
             if features.ndim != 2 or features.shape[0] != n:
                 raise ValueError(f"tap {name!r} must be [{n}, F], got shape {features.shape}")
+        if self.texts is not None and len(self.texts) != n:
+            raise ValueError(f"texts must be {n}, got {len(self.texts)}")
+
+    def features(self) -> dict[str, Any]:
+        """What a detector's ``score`` reads: the taps, and the texts under :data:`TEXTS`."""
+        if self.texts is None:
+            return dict(self.taps)
+        return {**self.taps, TEXTS: np.array(self.texts, dtype=object)}
+
+    def rows(self, index: IntArray) -> FeatureSet:
+        """The rows ``index`` of every field."""
+        return FeatureSet(
+            taps={name: features[index] for name, features in self.taps.items()},
+            logits=self.logits[index],
+            labels=self.labels[index],
+            texts=None if self.texts is None else tuple(self.texts[i] for i in index),
+        )
 
     @property
     def num_classes(self) -> int:

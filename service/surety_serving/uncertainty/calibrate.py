@@ -39,7 +39,6 @@ class CalibrationOptions:
     ood_validation: tuple[Path, ...] = ()
     test: Path | None = None
     alpha: float | None = None  # None: the model's `uncertainty.alpha`
-    keep_fraction: float = 0.95
     k: int = 1000
 
 
@@ -94,16 +93,9 @@ def calibrate(
         for path in options.ood_validation
     }
     specs = candidates(spec.taps, spec.token_score)
-    log.info("choosing the OOD detector among %d candidates", len(specs))
-    served_ood = select(
-        train,
-        calibration,
-        validation,
-        specs,
-        keep_fraction=options.keep_fraction,
-        forced=spec.ood_method,
-    )
-    log.info("OOD detector: %s", served_ood.method)
+    log.info("choosing the OOD detector set among %d candidates", len(specs))
+    served_ood = select(train, calibration, validation, specs, forced=spec.ood_method)
+    log.info("OOD detectors: %s", ", ".join(served_ood.names))
     alpha = options.alpha if options.alpha is not None else spec.alpha
     log.info("fitting SDM (%s calibration, alpha %s)", spec.sdm_calibration, alpha)
     sdm_tap = spec.sdm_tap or spec.taps[-1]
@@ -133,19 +125,21 @@ def calibrate(
         "calibration_accuracy": float(np.mean(calibration.predictions == calibration.labels)),
         "softmax_ece": expected_calibration_error(calibration_probabilities, calibration.labels),
         "ood": {
-            "method": served_ood.method,
-            "params": served_ood.detector.params(),
-            "threshold": served_ood.threshold,
-            "keep_fraction": served_ood.keep_fraction,
+            "members": [
+                {"role": m.role, "method": m.name, "params": m.detector.params()}
+                for m in served_ood.members
+            ],
+            "level": spec.ood_level,
             "selection": served_ood.selection,
         },
         "sdm": {**sdm.report(), "calibration": spec.sdm_calibration},
     }
     if options.test is not None:
         report["test"] = {"file": str(options.test)}
-        report["sdm"]["test"] = selective_report(
-            sdm, feature_set(model, options.test, features=names)
-        )
+        test = feature_set(model, options.test, features=names)
+        report["sdm"]["test"] = selective_report(sdm, test)
+        flagged = served_ood.evaluate(test.features(), test.logits, spec.ood_level)["ood"]
+        report["ood"]["test_flagged_share"] = float(np.mean(flagged))
     (directory / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -159,7 +153,8 @@ def describe(report: dict[str, Any]) -> str:
     """One line of the fit report's key figures."""
     sdm = report["sdm"]
     line = (
-        f"OOD detector {report['ood']['method']}, support {sdm['support_size']}, "
+        f"OOD detectors {', '.join(m['method'] for m in report['ood']['members'])}, "
+        f"support {sdm['support_size']}, "
         f"q'_min {sdm['q_prime_min']:.3g} at alpha {sdm['alpha']}, calibration accuracy "
         f"{report['calibration_accuracy']:.4f}, softmax ECE {report['softmax_ece']:.4f}"
     )
@@ -183,20 +178,14 @@ def calibrate_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         action="append",
         default=[],
-        help="JSONL of out-of-distribution inputs (repeatable): the OOD detector served is the "
-        "candidate with the best mean AUROC over these sets (see docs/uncertainty.md)",
+        help="JSONL of out-of-distribution inputs (repeatable): the OOD detector set served is "
+        "chosen on these sets (see docs/uncertainty.md)",
     )
     parser.add_argument(
         "--test", type=Path, help="labelled JSONL: report SDM's admitted share and accuracy on it"
     )
     parser.add_argument(
         "--alpha", type=float, help="SDM reliability level (default: the model's, 0.95 if unset)"
-    )
-    parser.add_argument(
-        "--keep-fraction",
-        type=float,
-        default=0.95,
-        help="share of in-distribution calibration inputs the OOD threshold keeps",
     )
     parser.add_argument("--k", type=int, default=1000, help="SDM neighbours searched")
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
@@ -220,7 +209,6 @@ def calibrate_command(args: argparse.Namespace) -> int:
         ood_validation=tuple(args.ood_validation),
         test=args.test,
         alpha=args.alpha,
-        keep_fraction=args.keep_fraction,
         k=args.k,
     )
     try:

@@ -19,7 +19,6 @@ from surety_serving.uncertainty.mahalanobis import (
     TapGaussian,
     TapGaussians,
     prepared,
-    standardisation,
 )
 
 #: Similarities per block in the kNN search: bounds the [rows, N] temporary to 32 MiB.
@@ -383,92 +382,6 @@ class TokenDensity:
         return {self.output: 1}
 
 
-def _part_specs(method: str, parts: list[Any]) -> list[tuple[type[Detector], dict[str, Any]]]:
-    """The registry class and params of each {"method": ..., "params": {...}} part."""
-    if not parts:
-        raise ValueError(f"{method}: parameter 'parts' must not be empty")
-    specs = []
-    for i, part in enumerate(parts):
-        if not (
-            isinstance(part, Mapping)
-            and set(part) == {"method", "params"}
-            and isinstance(part["params"], Mapping)
-        ):
-            raise ValueError(f"{method}: part {i} must be {{'method': str, 'params': {{...}}}}")
-        if part["method"] not in DETECTORS:
-            raise ValueError(f"{method}: part {i}: unknown method {part['method']!r}")
-        specs.append((DETECTORS[part["method"]], dict(part["params"])))
-    return specs
-
-
-def _part_arrays(arrays: Mapping[str, NDArray[Any]], i: int) -> dict[str, NDArray[Any]]:
-    prefix = f"part{i}."
-    return {key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)}
-
-
-_COMBINED_KINDS: dict[str, type] = {"parts": list}
-
-
-@dataclass(frozen=True)
-class Combined:
-    """`combined`: the mean of the parts' scores, each standardised on the calibration split."""
-
-    method: ClassVar[str] = "combined"
-
-    parts: tuple[Detector, ...]
-    part_mean: NDArray[np.float64]  # [P]
-    part_std: NDArray[np.float64]  # [P], floored at STD_FLOOR
-
-    @classmethod
-    def fit(cls, train: FeatureSet, calibration: FeatureSet, **params: Any) -> Self:
-        specs = _part_specs(cls.method, _settings(cls.method, params, _COMBINED_KINDS)["parts"])
-        parts = tuple(kind.fit(train, calibration, **part) for kind, part in specs)
-        raw = np.stack([p.score(calibration.taps, calibration.logits) for p in parts], axis=1)
-        return cls(parts, *standardisation(raw))
-
-    def score(self, features: Mapping[str, FloatArray], logits: FloatArray) -> NDArray[np.float64]:
-        raw = np.stack([part.score(features, logits) for part in self.parts], axis=1)
-        return np.asarray(((raw - self.part_mean) / self.part_std).mean(axis=1))
-
-    def params(self) -> dict[str, Any]:
-        return {"parts": [{"method": p.method, "params": p.params()} for p in self.parts]}
-
-    def arrays(self) -> dict[str, NDArray[Any]]:
-        state: dict[str, NDArray[Any]] = {"part_mean": self.part_mean, "part_std": self.part_std}
-        for i, part in enumerate(self.parts):
-            state.update({f"part{i}.{key}": value for key, value in part.arrays().items()})
-        return state
-
-    @classmethod
-    def restore(
-        cls, params: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]], source: Path
-    ) -> Self:
-        parts = _restored_settings(cls.method, params, _COMBINED_KINDS, source)["parts"]
-        try:
-            specs = _part_specs(cls.method, parts)
-        except ValueError as exc:
-            raise ArtifactError(f"{source.with_suffix('.json')}: {exc}") from exc
-        restored = []
-        for i, (kind, part) in enumerate(specs):
-            try:
-                restored.append(kind.restore(part, _part_arrays(arrays, i), source))
-            except ArtifactError as exc:
-                # The part sees its arrays without their prefix: say which part it was.
-                raise ArtifactError(f"{exc} (combined part {i}: arrays 'part{i}.*')") from exc
-        n = len(specs)
-        return cls(
-            tuple(restored),
-            artifacts.require(arrays, source, "part_mean", (n,)),
-            artifacts.require(arrays, source, "part_std", (n,)),
-        )
-
-    def inputs(self) -> dict[str, int]:
-        widths: dict[str, int] = {}
-        for part in self.parts:
-            widths.update(part.inputs())
-        return widths
-
-
 #: The one table of OOD detectors, by method name.
 DETECTORS: dict[str, type[Detector]] = {
     kind.method: kind
@@ -480,7 +393,6 @@ DETECTORS: dict[str, type[Detector]] = {
         DeepKNN,
         TapEnsemble,
         TokenDensity,
-        Combined,
     )
 }
 

@@ -150,4 +150,6 @@ def feature_set(
     names = features if features is not None else tuple(spec.taps)
     # A per-row output [N] (a token score) is one feature per row: [N, 1].
     taps = {name: outputs[name].reshape(len(records), -1) for name in names}
-    return FeatureSet(taps=taps, logits=outputs[spec.logits], labels=labels)
+    text_input = next((i.name for i in config.inputs if i.datatype == "BYTES"), None)
+    texts = None if text_input is None else tuple(str(r[text_input]) for r in records)
+    return FeatureSet(taps=taps, logits=outputs[spec.logits], labels=labels, texts=texts)

@@ -16,8 +16,8 @@ from surety_kit.payloads import image_request
 from surety_kit.server import running_server
 from surety_serving.runtime.config import load_config
 from surety_serving.settings import Settings
-from surety_serving.tasks.classifier import load_uncertainty
-from surety_serving.uncertainty.served import UNCERTAINTY_OUTPUTS
+from surety_serving.tasks.classifier import ClassifierConfig, load_uncertainty
+from surety_serving.uncertainty.served import ON_REQUEST, UNCERTAINTY_OUTPUTS
 from tests.service.helpers import run_direct
 
 pytestmark = pytest.mark.model
@@ -37,14 +37,34 @@ def test_outputs_names_datatypes_and_shapes(client, images):
     response = client.post("/v2/models/digits/uncertainty", json=image_request(images[:5]))
     assert response.status_code == 200, response.text
     out = outputs(response.json())
-    assert list(out) == SCORE + list(UNCERTAINTY_OUTPUTS)
-    # The served OOD detector is named (digits' config forces the tap ensemble).
-    assert response.json()["parameters"]["ood_method"] == "tap_ensemble"
-    for name, datatype in UNCERTAINTY_OUTPUTS.items():
-        assert out[name]["datatype"] == datatype
+    # Every output but the per-detector p-values, which come on request only.
+    assert list(out) == SCORE + [name for name in UNCERTAINTY_OUTPUTS if name not in ON_REQUEST]
+    # The detector set is named: digits' config forces the tap ensemble as its semantic member;
+    # without validation sets every role joins.
+    detectors = response.json()["parameters"]["ood_detectors"].split(",")
+    assert detectors[0] == "tap_ensemble" and len(detectors) >= 2
+    for name in out.keys() - set(SCORE):
+        assert out[name]["datatype"] == UNCERTAINTY_OUTPUTS[name]
     assert out["sdm_probabilities"]["shape"] == [5, 10]
-    for name in ("mahalanobis_score", "ood", "sdm_q", "sdm_d", "sdm_reliable", "sdm_p_lower"):
+    for name in ("ood_p_value", "ood", "ood_detectors", "mahalanobis_score", "sdm_q", "sdm_d"):
         assert out[name]["shape"] == [5]
+    assert set(out["ood_detectors"]["data"]) <= set(detectors)
+    p_value = array(out["ood_p_value"])
+    assert ((p_value > 0) & (p_value <= 1)).all()
+    np.testing.assert_array_equal(array(out["ood"]), p_value < 0.05)
+
+
+def test_each_detectors_p_value_on_request(client, images):
+    names = ["ood_detector_p_values", "ood_p_value", "ood_detectors"]
+    request = image_request(images[:3], outputs=[{"name": name} for name in names])
+    body = client.post("/v2/models/digits/uncertainty", json=request).json()
+    out = outputs(body)
+    detectors = body["parameters"]["ood_detectors"].split(",")
+    per_detector = array(out["ood_detector_p_values"])
+    assert per_detector.shape == (3, len(detectors))
+    # The detector named as the one that fired has the row's lowest p-value.
+    lowest = [detectors[i] for i in per_detector.argmin(axis=1)]
+    assert out["ood_detectors"]["data"] == lowest
 
 
 def test_served_values_equal_the_offline_estimators(client, direct, repository, images):
@@ -55,8 +75,11 @@ def test_served_values_equal_the_offline_estimators(client, direct, repository, 
     estimators = load_uncertainty(entry / "1", load_config(entry / "config.yaml"), direct)
     assert estimators is not None
     expected = estimators.evaluate(run_direct(direct, batch))
-    for name in UNCERTAINTY_OUTPUTS:
-        np.testing.assert_allclose(array(out[name]), expected[name], rtol=1e-5, atol=1e-6)
+    for name in out.keys() - set(SCORE):
+        if name == "ood_detectors":
+            assert out[name]["data"] == [v.decode() for v in expected[name]]
+        else:
+            np.testing.assert_allclose(array(out[name]), expected[name], rtol=1e-5, atol=1e-6)
 
 
 def test_in_distribution_digits_are_mostly_trusted_and_noise_is_not(client, images, labels):
@@ -151,3 +174,20 @@ def test_concurrent_requests_each_get_their_own_rows(server, direct, repository,
         expected = estimators.evaluate(run_direct(direct, images[i : i + 1 + i % 3]))
         for name in ("mahalanobis_score", "sdm_q", "sdm_reliable"):
             np.testing.assert_allclose(array(out[name]), expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_the_level_is_read_from_the_config_without_recalibrating(repository, direct, images):
+    """`uncertainty.ood_level` moves the flagged share of in-distribution inputs: the p-values
+    are fitted once, the level is the operator's."""
+    entry = repository / "digits"
+    config = load_config(entry / "config.yaml", ClassifierConfig)
+    outputs_of = run_direct(direct, images[:200])
+    shares = {}
+    for level in (0.05, 0.5):
+        changed = config.model_copy(
+            update={"uncertainty": config.uncertainty.model_copy(update={"ood_level": level})}
+        )
+        estimators = load_uncertainty(entry / "1", changed, direct)
+        assert estimators is not None and estimators.level == level
+        shares[level] = estimators.evaluate(outputs_of)["ood"].mean()
+    assert shares[0.05] < 0.15 and 0.35 < shares[0.5] < 0.65

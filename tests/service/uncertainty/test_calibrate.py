@@ -47,20 +47,27 @@ def test_calibrate_writes_loadable_artifacts_and_a_report(uncalibrated, capsys):
     assert sum(report["sdm"]["calibration_per_class"]) == labelled
     assert len(report["sdm"]["psi"]) == 10
     assert 0.0 <= report["softmax_ece"] < 0.2
-    # Digits' config forces the tap ensemble (it has no OOD-validation set to choose by).
-    assert report["ood"]["method"] == "tap_ensemble"
-    assert report["ood"]["params"]["taps"] == [
+    # Digits' config forces the tap ensemble as the semantic member; without OOD-validation
+    # sets every role joins the set, each with its first candidate.
+    members = report["ood"]["members"]
+    assert [(m["role"], m["method"]) for m in members] == [
+        ("semantic", "tap_ensemble"), ("confidence", "energy"), ("density", "knn")
+    ]  # fmt: skip
+    assert members[0]["params"]["taps"] == [
         "block1_features", "block2_features", "block3_features"
     ]  # fmt: skip
+    # The level holds on the test split (a valid p-value flags about 5% of it).
+    assert report["ood"]["level"] == 0.05
+    assert 0.0 < report["ood"]["test_flagged_share"] < 0.12
     test = report["sdm"]["test"]
     low, high = test["admitted_share_ci95"]
     assert test["size"] == sum(1 for _ in (data / "test.jsonl").open())
     assert low <= test["admitted_share"] <= high and test["admitted"] > 0
     assert test["admitted_accuracy"] >= 0.9
-    assert ServedOOD.load(directory).method == "tap_ensemble"
+    assert ServedOOD.load(directory).names == ("tap_ensemble", "energy", "knn")
     SDM.load(directory)
     out = capsys.readouterr().out
-    assert "OOD detector tap_ensemble" in out and "SDM admits" in out
+    assert "OOD detectors tap_ensemble, energy, knn" in out and "SDM admits" in out
 
 
 def noise_images(path: Path, rows: int = 40) -> Path:
@@ -79,10 +86,19 @@ def test_ood_validation_ranks_every_candidate_and_serves_the_best(uncalibrated, 
     report = json.loads((uncalibrated / "digits" / "1" / "uncertainty" / "report.json").read_text())
     selection = report["ood"]["selection"]
     assert selection["validation_sets"] == ["noise"]
-    means = [candidate["mean_auroc"] for candidate in selection["candidates"]]
-    assert all(0.0 <= m <= 1.0 for m in means)
-    assert means[selection["chosen"]] == max(means)
-    assert report["ood"]["method"] == selection["candidates"][selection["chosen"]]["method"]
+    records = selection["candidates"]
+    assert all(0.0 <= r["mean_auroc"] <= 1.0 for r in records)
+    # Each member is the best of its role on the validation set.
+    for member in report["ood"]["members"]:
+        role = [r for r in records if r["role"] == member["role"]]
+        best = max(role, key=lambda r: r["mean_auroc"])
+        assert (member["method"], member["params"]) == (best["method"], best["params"])
+    assert report["ood"]["members"][0]["role"] == "semantic"
+    subsets = selection["role_subsets"]
+    chosen = [m["role"] for m in report["ood"]["members"]]
+    assert max(s["mean_auroc"] for s in subsets) == next(
+        s["mean_auroc"] for s in subsets if s["roles"] == chosen
+    )
 
 
 def test_an_unknown_forced_method_is_reported(uncalibrated, capsys):

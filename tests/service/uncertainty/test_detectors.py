@@ -12,8 +12,8 @@ import pytest
 
 from surety_serving.uncertainty import detectors
 from surety_serving.uncertainty.base import ArtifactError, FeatureSet
-from surety_serving.uncertainty.detectors import DETECTORS, Combined, Detector, fit_detector
-from surety_serving.uncertainty.ood import CandidateSpec, candidates
+from surety_serving.uncertainty.detectors import DETECTORS, Detector, fit_detector
+from surety_serving.uncertainty.ood import candidates
 
 from .conftest import gaussian_classes
 
@@ -51,8 +51,10 @@ def far_away(rng: np.random.Generator, n: int) -> FeatureSet:
     return outputs(x, np.full(n, -1), rng)
 
 
-def every_candidate() -> list[CandidateSpec]:
-    return candidates(TAPS, TOKEN)
+def every_candidate() -> list[tuple[str, dict[str, Any]]]:
+    """(method, params) of every candidate: every registered detector, some in several
+    settings."""
+    return [(c.method, c.params) for c in candidates(TAPS, TOKEN)]
 
 
 def test_the_candidates_cover_every_registered_method() -> None:
@@ -167,7 +169,7 @@ def test_knn_rejects_k_beyond_the_training_set(rng: np.random.Generator) -> None
         fit_detector(train, train, "knn", {"tap": "c", "k": 7})
 
 
-NORMALISED: list[CandidateSpec] = [
+NORMALISED: list[tuple[str, dict[str, Any]]] = [
     ("mahalanobis", {"tap": "b", "normalise": True}),
     ("relative_mahalanobis", {"tap": "c", "normalise": True}),
     ("knn", {"tap": "c", "k": 1}),
@@ -221,42 +223,6 @@ def test_token_density_rejects_a_wider_output() -> None:
         detector.score({TOKEN: np.zeros((5, 2))}, np.zeros((5, 2)))
 
 
-def test_combined_is_the_mean_of_the_parts_standardised_on_calibration(
-    rng: np.random.Generator,
-) -> None:
-    train, calibration, test = (in_distribution(rng, n) for n in (200, 100, 30))
-    parts: list[CandidateSpec] = [
-        ("mahalanobis", {"tap": "c", "normalise": True}),
-        ("token_density", {"output": TOKEN}),
-        ("energy", {}),
-    ]
-    combined = fit_detector(
-        train, calibration, "combined", {"parts": [{"method": m, "params": p} for m, p in parts]}
-    )
-    assert isinstance(combined, Combined)
-    standardised = []
-    for method, params in parts:
-        part = fit_detector(train, calibration, method, params)
-        reference = part.score(calibration.taps, calibration.logits)
-        standardised.append(
-            (part.score(test.taps, test.logits) - reference.mean()) / reference.std()
-        )
-    np.testing.assert_allclose(
-        combined.score(test.taps, test.logits), np.mean(standardised, axis=0), rtol=1e-10
-    )
-
-
-def test_combined_floors_the_std_of_a_constant_part(rng: np.random.Generator) -> None:
-    train = in_distribution(rng, 50)
-    constant = FeatureSet(taps=train.taps, logits=np.zeros_like(train.logits), labels=train.labels)
-    combined = fit_detector(
-        train, constant, "combined", {"parts": [{"method": "msp", "params": {}}]}
-    )
-    assert isinstance(combined, Combined)
-    assert combined.part_std[0] == 1e-12
-    assert np.isfinite(combined.score(train.taps, train.logits)).all()
-
-
 @pytest.mark.parametrize(
     ("method", "params", "message"),
     [
@@ -266,7 +232,6 @@ def test_combined_floors_the_std_of_a_constant_part(rng: np.random.Generator) ->
         ("msp", {"temperature": 2.0}, r"unknown parameters \['temperature'\]"),
         ("tap_ensemble", {"taps": [], "normalise": True}, r"non-empty list of str"),
         ("mahalanobis", {"tap": "z", "normalise": True}, r"tap 'z' is not in the feature set"),
-        ("combined", {"parts": [{"method": "nope", "params": {}}]}, r"unknown method 'nope'"),
         ("nope", {}, r"unknown OOD method 'nope'"),
     ],
 )
@@ -305,7 +270,6 @@ def test_inputs_name_what_each_detector_reads(rng: np.random.Generator) -> None:
         "knn": {"c": 5},
         "tap_ensemble": {"a": 4, "b": 6, "c": 5},
         "token_density": {TOKEN: 1},
-        "combined": {"c": 5, TOKEN: 1},
     }
     seen: dict[str, dict[str, int]] = {}
     for method, params in every_candidate():
