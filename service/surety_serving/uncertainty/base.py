@@ -11,6 +11,11 @@ from numpy.typing import NDArray
 FloatArray = NDArray[np.floating]
 IntArray = NDArray[np.integer]
 
+#: The key of the request's raw input texts in the `features` a detector scores: a 1-D object
+#: array of `str`, one per row. It starts with "@" because it is not a model output (a detector
+#: that reads it declares width 0 in `inputs()`, and the model checks skip such keys).
+TEXTS = "@texts"
+
 
 class ArtifactError(ValueError):
     """A fitted artifact is missing, malformed, or does not match the model it is loaded for."""
@@ -20,12 +25,14 @@ class ArtifactError(ValueError):
 class FeatureSet:
     """Model outputs on a labelled split: per-tap features, logits, and the true labels.
 
-    `taps` maps a tap name (a model output such as ``pooled_3``) to a [N, F] feature matrix.
+    `taps` maps a tap name (a model output such as ``pooled_3``) to a [N, F] feature matrix;
+    `texts`, when given, holds the split's raw input texts in row order.
     """
 
     taps: Mapping[str, FloatArray]
     logits: FloatArray
     labels: IntArray
+    texts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.logits.shape[0]
@@ -36,6 +43,8 @@ class FeatureSet:
         for name, features in self.taps.items():
             if features.ndim != 2 or features.shape[0] != n:
                 raise ValueError(f"tap {name!r} must be [{n}, F], got shape {features.shape}")
+        if self.texts is not None and len(self.texts) != n:
+            raise ValueError(f"texts must have {n} entries, got {len(self.texts)}")
 
     @property
     def num_classes(self) -> int:
