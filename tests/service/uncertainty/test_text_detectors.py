@@ -438,3 +438,29 @@ def test_restoring_a_misshapen_array_names_the_file(fitted: list[Any]) -> None:
         ArtifactError, match=r"artifacts/ood\.json: char_density: parameter 'order'"
     ):
         CharDensity.restore({"order": 9}, arrays, SOURCE)
+
+
+def test_importing_fitting_a_density_and_scoring_need_neither_scipy_nor_sklearn() -> None:
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from surety_serving.uncertainty.base import TEXTS, FeatureSet\n"
+        "from surety_serving.uncertainty.detectors import DETECTORS\n"
+        "texts = ('some text', 'more text')\n"
+        "split = FeatureSet({}, np.zeros((2, 2)), np.zeros(2, dtype=np.int64), texts)\n"
+        "genre = DETECTORS['genre'].restore(\n"
+        "    {'buckets': 8, 'c': 1.0},\n"
+        "    {'weights': np.ones(8, dtype=np.float32), 'bias': np.array(0.0)},\n"
+        "    Path('ood.npz'),\n"
+        ")\n"
+        "density = DETECTORS['char_density'].fit(split, split)\n"
+        "batch = {TEXTS: np.array(texts, dtype=object)}\n"
+        "genre.score(batch, np.zeros((2, 2)))\n"
+        "density.score(batch, np.zeros((2, 2)))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'scipy', 'sklearn'}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
