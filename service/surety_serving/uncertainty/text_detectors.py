@@ -208,7 +208,7 @@ _BOS = 257  # the left padding of the history; never predicted
 _OUTCOMES = 257  # V: every byte and END
 _RADIX = 259  # digits are symbols + 1, so that no string's number starts with a zero digit
 
-#: The longest n-gram whose base-259 number fits in 63 bits.
+#: The longest n-gram whose base-259 number fits in an int64 (259⁷ < 2⁶³).
 MAX_ORDER = 7
 #: The smallest discount D_k: the weight of the lower order stays positive even where every
 #: n-gram of the training texts was seen more than once.
@@ -230,23 +230,24 @@ def _discount(counts: NDArray[np.int64]) -> float:
     return min(max(once / max(once + 2 * twice, 1), MIN_DISCOUNT), 1.0)
 
 
-def _string_numbers(data: bytes, order: int) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
-    """(contexts, n-grams), each [order, B + 1]: row k holds, for every predicted symbol (the B
-    bytes, then END), the number of its k-symbol history h_k and of h_k followed by it."""
+def _string_numbers(data: bytes, order: int) -> NDArray[np.int64]:
+    """[order + 1, B + 2]: entry [m, p] is the number of the m symbols before position p, for
+    the B + 1 predicted positions (the bytes, then END) and one past END. So the history h_k of
+    position p is [k, p], and h_k followed by the symbol at p is [k + 1, p + 1]: one array holds
+    every context and every n-gram a text needs."""
     digits = np.concatenate(
         [
-            np.full(order - 1, _BOS + 1, dtype=np.uint64),
-            np.frombuffer(data, dtype=np.uint8).astype(np.uint64) + np.uint64(1),
-            np.array([_END + 1], dtype=np.uint64),
+            np.full(order, _BOS + 1, dtype=np.int64),
+            np.frombuffer(data, dtype=np.uint8).astype(np.int64) + 1,
+            np.array([_END + 1], dtype=np.int64),
         ]
     )
-    predicted = len(data) + 1
-    contexts = np.zeros((order, predicted), dtype=np.uint64)
-    for k in range(1, order):
-        # h_k = (the symbol k back) · 259^{k−1} + h_{k−1}: one more digit on the left.
-        back = digits[order - 1 - k : order - 1 - k + predicted]
-        contexts[k] = contexts[k - 1] + back * np.uint64(_RADIX ** (k - 1))
-    return contexts, contexts * np.uint64(_RADIX) + digits[order - 1 :]
+    positions = len(data) + 2
+    numbers = np.zeros((order + 1, positions), dtype=np.int64)
+    for m in range(1, order + 1):
+        # One more digit on the left: the symbol m back, times 259^{m−1}.
+        numbers[m] = numbers[m - 1] + digits[order - m : order - m + positions] * _RADIX ** (m - 1)
+    return numbers
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ class CharDensity:
 
     method: ClassVar[str] = "char_density"
 
-    keys: NDArray[np.uint64]  # [K] the numbers of every n-gram and context seen, ascending
+    keys: NDArray[np.int64]  # [K] the numbers of every n-gram and context seen, ascending
     counts: NDArray[np.int32]  # [K] c(s) of s as an n-gram (0 if only a context)
     totals: NDArray[np.int32]  # [K] c(s •) of s as a context (0 if never one)
     types: NDArray[np.int32]  # [K] N₁₊(s •)
@@ -270,8 +271,9 @@ class CharDensity:
         order = checked(cls.method, {**_DENSITY_DEFAULTS, **params}, _DENSITY_KINDS)["order"]
         _check_order(cls.method, order)
         texts = _fitted_texts(cls.method, "train", train)
+        # Row k holds the (k+1)-grams that end at a predicted symbol.
         numbers = np.concatenate(
-            [_string_numbers(text.encode("utf-8"), order)[1] for text in texts], axis=1
+            [_string_numbers(text.encode("utf-8"), order)[1:, 1:] for text in texts], axis=1
         )
         if numbers.shape[1] > np.iinfo(np.int32).max:
             raise ValueError(f"{cls.method}: more training symbols than int32 counts hold")
@@ -280,7 +282,7 @@ class CharDensity:
         # Numbers grow with the length of the string, so the rows' sorted keys concatenate sorted.
         ngrams = np.concatenate([keys for keys, _ in by_length])
         ngram_counts = np.concatenate([c for _, c in by_length])
-        contexts, owner = np.unique(ngrams // np.uint64(_RADIX), return_inverse=True)
+        contexts, owner = np.unique(ngrams // _RADIX, return_inverse=True)
         keys = np.union1d(ngrams, contexts)
         counts, totals, types = (np.zeros(len(keys), dtype=np.int32) for _ in range(3))
         counts[np.searchsorted(keys, ngrams)] = ngram_counts
@@ -291,10 +293,11 @@ class CharDensity:
 
     def byte_log_probabilities(self, data: bytes) -> NDArray[np.float64]:
         """[B + 1]: ln p of each byte of data, then of END, given the symbols before it."""
-        numbers = np.stack(_string_numbers(data, self.order))
+        numbers = _string_numbers(data, self.order)
         at = np.minimum(np.searchsorted(self.keys, numbers), len(self.keys) - 1)
         found = self.keys[at] == numbers
-        (contexts, ngrams), (context_found, ngram_found) = at, found
+        contexts, context_found = at[:-1, :-1], found[:-1, :-1]
+        ngrams, ngram_found = at[1:, 1:], found[1:, 1:]
         totals = np.where(context_found, self.totals[contexts], 0.0)
         types = np.where(context_found, self.types[contexts], 0.0)
         counts = np.where(ngram_found, self.counts[ngrams], 0.0)
@@ -340,8 +343,8 @@ class CharDensity:
         size = len(keys)
         tables = [artifacts.require(arrays, source, name, (size,)) for name in _DENSITY_TABLES]
         discounts = artifacts.require(arrays, source, "discounts", (order,))
-        if keys.dtype != np.uint64 or size == 0 or np.any(keys[1:] <= keys[:-1]):
-            raise ArtifactError(f"{source}: array 'keys' must be non-empty ascending uint64")
+        if keys.dtype != np.int64 or size == 0 or np.any(keys[1:] <= keys[:-1]):
+            raise ArtifactError(f"{source}: array 'keys' must be non-empty ascending int64")
         if not np.all((discounts >= MIN_DISCOUNT) & (discounts <= 1.0)):
             raise ArtifactError(f"{source}: array 'discounts' outside [{MIN_DISCOUNT}, 1]")
         counts, totals, types = (np.asarray(table, dtype=np.int32) for table in tables)
