@@ -12,15 +12,14 @@ from numpy.typing import NDArray
 FloatArray = NDArray[np.floating]
 IntArray = NDArray[np.integer]
 
+#: The key of the request's raw input texts in the `features` a detector scores: a 1-D object
+#: array of `str`, one per row. It starts with "@" because it is not a model output (a detector
+#: that reads it declares width 0 in `inputs()`, and the model checks skip such keys).
+TEXTS = "@texts"
+
 
 class ArtifactError(ValueError):
     """A fitted artifact is missing, malformed, or does not match the model it is loaded for."""
-
-
-#: The key under which a detector's ``features`` carry the request's raw texts (an object array
-#: of ``str``, one per row), for the detectors that read text rather than model outputs; a
-#: detector that reads them lists it in ``inputs()`` with width 0.
-TEXTS = "@texts"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class CalibrationOptions:
     train: Path
     calibration: Path
     ood_validation: tuple[Path, ...] = ()
+    background: tuple[Path, ...] = ()  # JSONL of background text: the genre detector's negatives
     test: Path | None = None
     alpha: float | None = None  # None: the model's `uncertainty.alpha`
     k: int = 1000
@@ -92,7 +93,7 @@ def calibrate(
         path.stem: feature_set(model, path, labelled=False, features=names)
         for path in options.ood_validation
     }
-    specs = candidates(spec.taps, spec.token_score)
+    specs = candidates(spec.taps, spec.token_score, train.texts is not None, options.background)
     log.info("choosing the OOD detector set among %d candidates", len(specs))
     served_ood = select(train, calibration, validation, specs, forced=spec.ood_method)
     log.info("OOD detectors: %s", ", ".join(served_ood.names))
@@ -117,6 +118,7 @@ def calibrate(
         "train": str(options.train),
         "calibration": str(options.calibration),
         "ood_validation": [str(path) for path in options.ood_validation],
+        "background": [str(path) for path in options.background],
         "classes": config.labels,
         "train_per_class": np.bincount(train.labels, minlength=len(config.labels)).tolist(),
         "calibration_per_class": np.bincount(
@@ -182,6 +184,15 @@ def calibrate_arguments(parser: argparse.ArgumentParser) -> None:
         "chosen on these sets (see docs/uncertainty.md)",
     )
     parser.add_argument(
+        "--background",
+        type=Path,
+        action="append",
+        default=[],
+        help="JSONL of background text (a 'text' field; repeatable), for a text model: the "
+        "genre detector learns the training texts against it (`surety data background` makes "
+        "one); never an OOD-validation or evaluation set",
+    )
+    parser.add_argument(
         "--test", type=Path, help="labelled JSONL: report SDM's admitted share and accuracy on it"
     )
     parser.add_argument(
@@ -207,6 +218,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         train=args.train,
         calibration=args.calibration,
         ood_validation=tuple(args.ood_validation),
+        background=tuple(args.background),
         test=args.test,
         alpha=args.alpha,
         k=args.k,

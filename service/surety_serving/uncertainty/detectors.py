@@ -20,6 +20,7 @@ from surety_serving.uncertainty.mahalanobis import (
     TapGaussians,
     prepared,
 )
+from surety_serving.uncertainty.params import checked, checked_stored
 
 #: Similarities per block in the kNN search: bounds the [rows, N] temporary to 32 MiB.
 KNN_BLOCK_ELEMENTS = 1 << 22
@@ -62,36 +63,6 @@ class Detector(Protocol):
         ...
 
 
-def _settings(method: str, params: Mapping[str, Any], kinds: Mapping[str, type]) -> dict[str, Any]:
-    """params checked to have exactly the names of `kinds`, each of its type (a list may come as
-    a tuple); ValueError naming the method otherwise."""
-    unknown, missing = sorted(set(params) - set(kinds)), sorted(set(kinds) - set(params))
-    if unknown or missing:
-        named = (("unknown", unknown), ("missing", missing))
-        problems = [f"{what} parameters {names}" for what, names in named if names]
-        raise ValueError(f"{method}: {', '.join(problems)}")
-    settings = {}
-    for name, kind in kinds.items():
-        value = params[name]
-        if kind is list and isinstance(value, tuple):
-            value = list(value)
-        # bool is an int subclass: True must not pass for k.
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise ValueError(f"{method}: parameter {name!r} must be {kind.__name__}, got {value!r}")
-        settings[name] = value
-    return settings
-
-
-def _restored_settings(
-    method: str, params: Mapping[str, Any], kinds: Mapping[str, type], source: Path
-) -> dict[str, Any]:
-    """`_settings` of a stored artifact: ArtifactError naming the JSON file the params came from."""
-    try:
-        return _settings(method, params, kinds)
-    except ValueError as exc:
-        raise ArtifactError(f"{source.with_suffix('.json')}: {exc}") from exc
-
-
 def _train_tap(train: FeatureSet, tap: str) -> FloatArray:
     if tap not in train.taps:
         raise ValueError(f"tap {tap!r} is not in the feature set ({sorted(train.taps)})")
@@ -106,7 +77,7 @@ class _LogitsOnly:
 
     @classmethod
     def fit(cls, train: FeatureSet, calibration: FeatureSet, **params: Any) -> Self:
-        _settings(cls.method, params, {})
+        checked(cls.method, params, {})
         return cls()
 
     def params(self) -> dict[str, Any]:
@@ -119,7 +90,7 @@ class _LogitsOnly:
     def restore(
         cls, params: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]], source: Path
     ) -> Self:
-        _restored_settings(cls.method, params, {}, source)
+        checked_stored(cls.method, params, {}, source)
         return cls()
 
     def inputs(self) -> dict[str, int]:
@@ -173,7 +144,7 @@ class ClassMahalanobis:
         cls, train: FeatureSet, params: Mapping[str, Any]
     ) -> tuple[dict[str, Any], NDArray[np.float64], TapGaussian]:
         """(settings, the prepared training features, their class Gaussians)."""
-        s = _settings(cls.method, params, _TAP_KINDS)
+        s = checked(cls.method, params, _TAP_KINDS)
         features = prepared(_train_tap(train, s["tap"]), s["normalise"])
         return s, features, TapGaussian.fit(features, train.labels, train.num_classes)
 
@@ -190,7 +161,7 @@ class ClassMahalanobis:
     def restore(
         cls, params: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]], source: Path
     ) -> Self:
-        s = _restored_settings(cls.method, params, _TAP_KINDS, source)
+        s = checked_stored(cls.method, params, _TAP_KINDS, source)
         return cls(s["tap"], s["normalise"], TapGaussian.restore(arrays, source))
 
     def inputs(self) -> dict[str, int]:
@@ -223,7 +194,7 @@ class RelativeMahalanobis(ClassMahalanobis):
     def restore(
         cls, params: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]], source: Path
     ) -> Self:
-        s = _restored_settings(cls.method, params, _TAP_KINDS, source)
+        s = checked_stored(cls.method, params, _TAP_KINDS, source)
         gaussian = TapGaussian.restore(arrays, source)
         background = TapGaussian.restore(arrays, source, "_background")
         width, background_width = gaussian.whitening.shape[0], background.whitening.shape[0]
@@ -254,7 +225,7 @@ class DeepKNN:
 
     @classmethod
     def fit(cls, train: FeatureSet, calibration: FeatureSet, **params: Any) -> Self:
-        s = _settings(cls.method, params, _KNN_KINDS)
+        s = checked(cls.method, params, _KNN_KINDS)
         return cls(s["tap"], s["k"], prepared(_train_tap(train, s["tap"]), normalise=True))
 
     def score(self, features: Mapping[str, FloatArray], logits: FloatArray) -> NDArray[np.float64]:
@@ -281,7 +252,7 @@ class DeepKNN:
     def restore(
         cls, params: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]], source: Path
     ) -> Self:
-        s = _restored_settings(cls.method, params, _KNN_KINDS, source)
+        s = checked_stored(cls.method, params, _KNN_KINDS, source)
         train = artifacts.require(arrays, source, "train", (None, None))
         try:
             return cls(s["tap"], s["k"], train)
@@ -311,7 +282,7 @@ class TapEnsemble:
 
     @classmethod
     def fit(cls, train: FeatureSet, calibration: FeatureSet, **params: Any) -> Self:
-        s = _settings(cls.method, params, _ENSEMBLE_KINDS)
+        s = checked(cls.method, params, _ENSEMBLE_KINDS)
         taps = _tap_names(cls.method, s["taps"])
         return cls(TapGaussians.fit(train, calibration, taps, s["normalise"]))
 
@@ -328,7 +299,7 @@ class TapEnsemble:
     def restore(
         cls, params: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]], source: Path
     ) -> Self:
-        s = _restored_settings(cls.method, params, _ENSEMBLE_KINDS, source)
+        s = checked_stored(cls.method, params, _ENSEMBLE_KINDS, source)
         try:
             taps = _tap_names(cls.method, s["taps"])
         except ValueError as exc:
@@ -352,7 +323,7 @@ class TokenDensity:
 
     @classmethod
     def fit(cls, train: FeatureSet, calibration: FeatureSet, **params: Any) -> Self:
-        s = _settings(cls.method, params, _TOKEN_KINDS)
+        s = checked(cls.method, params, _TOKEN_KINDS)
         _train_tap(train, s["output"])  # fail at calibration, not at the first request
         return cls(s["output"])
 
@@ -376,7 +347,7 @@ class TokenDensity:
     def restore(
         cls, params: Mapping[str, Any], arrays: Mapping[str, NDArray[Any]], source: Path
     ) -> Self:
-        return cls(_restored_settings(cls.method, params, _TOKEN_KINDS, source)["output"])
+        return cls(checked_stored(cls.method, params, _TOKEN_KINDS, source)["output"])
 
     def inputs(self) -> dict[str, int]:
         return {self.output: 1}

@@ -39,10 +39,15 @@ class Candidate:
 
 
 def candidates(
-    taps: Sequence[str], token_score: str | None, background: Sequence[str] = ()
+    taps: Sequence[str],
+    token_score: str | None,
+    texts: bool = False,
+    background: Sequence[str] = (),
 ) -> list[Candidate]:
     """What calibration tries, by role; within a role the first is the choice without
-    validation data, and the earlier wins a tie."""
+    validation data, and the earlier wins a tie. ``texts``: the model reads text (the
+    detectors of the request's text join); ``background``: JSONL files of background text for
+    the genre detector."""
     if not taps:
         raise ValueError("candidates need at least one tap")
     last = taps[-1]
@@ -62,6 +67,10 @@ def candidates(
     if token_score:
         specs.append(Candidate("density", "token_density", {"output": token_score}))
     specs += [Candidate("density", "knn", {"tap": last, "k": k}) for k in (10, 1)]
+    if texts:
+        specs += [Candidate("density", "char_density", {"order": n}) for n in (5, 7)]
+    if texts and background:
+        specs.append(Candidate("genre", "genre", {"background": [str(p) for p in background]}))
     return specs
 
 
