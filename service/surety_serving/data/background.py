@@ -56,7 +56,7 @@ __all__ = [
 CACHE_DIR_ENV = "SURETY_BACKGROUND_DIR"
 MAX_PER_SOURCE = 2000
 MAX_CHARS = 600
-# Word runs this long shared with a fortune mark a quotation the two have in common.
+# Word runs this long shared with a held-out text mark a quotation the two have in common.
 RUN_WORDS = 8
 # Bump when extraction or sampling changes, so sets made the old way are rebuilt.
 FORMAT_VERSION = 1
