@@ -247,6 +247,7 @@ DATA_SETS: dict[str, Callable[[Path | None, int], dict[str, Path]]] = {
     "fortunes": lambda cache, seed: _fortunes(cache, seed),
     "stsb": lambda cache, seed: _stsb(cache),
     "doc-text": lambda cache, seed: _doc_text(cache, seed),
+    "background": lambda cache, seed: _background(cache, seed),
 }
 
 
@@ -266,6 +267,12 @@ def _doc_text(cache: Path | None, seed: int) -> dict[str, Path]:
     from surety_serving.data.doc_text import prepare_doc_text
 
     return prepare_doc_text(cache, seed=seed)
+
+
+def _background(cache: Path | None, seed: int) -> dict[str, Path]:
+    from surety_serving.data.background import prepare_background
+
+    return prepare_background(cache, seed=seed)
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:

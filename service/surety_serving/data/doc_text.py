@@ -33,6 +33,7 @@ __all__ = [
     "SETS",
     "TextSet",
     "default_cache_dir",
+    "download_sets",
     "keep_paragraph",
     "manpage_paragraphs",
     "policy_paragraphs",
@@ -231,6 +232,16 @@ SETS: dict[str, TextSet] = {
 }
 
 
+def download_sets(cache_dir: Path) -> Path:
+    """Fetch (once) and unpack the packages of :data:`SETS` under ``cache_dir``; returns the
+    root they are unpacked in."""
+    return download_packages(
+        cache_dir,
+        [text_set.package for text_set in SETS.values()],
+        [text_set.provides for text_set in SETS.values()],
+    )
+
+
 def sample_paragraphs(
     paragraphs: Iterable[str],
     *,
@@ -273,11 +284,7 @@ def prepare_doc_text(
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     fortunes_dir = fortunes_dir if fortunes_dir is not None else fortunes.default_cache_dir()
     with locked(cache_dir):
-        root = download_packages(
-            cache_dir,
-            [text_set.package for text_set in SETS.values()],
-            [text_set.provides for text_set in SETS.values()],
-        )
+        root = download_sets(cache_dir)
         with locked(fortunes_dir):
             fortunes_topic_dir = fortunes.download_corpus(fortunes_dir)
             fortunes_stamp = read_stamp(fortunes_dir)
