@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from surety_serving.data.background import prepare_background
 from surety_serving.data.doc_text import prepare_doc_text
 from surety_serving.data.fortunes import prepare_fortunes
 from surety_serving.export.classifier import ExportResult, FineTuning, export_classifier
@@ -106,6 +107,7 @@ def build(entry: Path, progress: bool = True) -> ExportResult:
             Path(path) for key, path in splits.items() if key.startswith("ood_validation_")
         ),
         test=Path(splits["test"]),
+        background=(prepare_background()["background"],),
     )
     report = calibrate_entry(entry, result.version, options)
     log.info("%s: calibrated uncertainty (%s)", MODEL_NAME, describe(report))

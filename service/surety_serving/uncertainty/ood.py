@@ -42,7 +42,7 @@ def candidates(
     taps: Sequence[str],
     token_score: str | None,
     texts: bool = False,
-    background: Sequence[str] = (),
+    background: Sequence[str | Path] = (),
 ) -> list[Candidate]:
     """What calibration tries, by role; within a role the first is the choice without
     validation data, and the earlier wins a tie. ``texts``: the model reads text (the
