@@ -45,7 +45,7 @@ class FeatureSet:
             if features.ndim != 2 or features.shape[0] != n:
                 raise ValueError(f"tap {name!r} must be [{n}, F], got shape {features.shape}")
         if self.texts is not None and len(self.texts) != n:
-            raise ValueError(f"texts must be {n}, got {len(self.texts)}")
+            raise ValueError(f"texts must have {n} entries, got {len(self.texts)}")
 
     def features(self) -> dict[str, Any]:
         """What a detector's ``score`` reads: the taps, and the texts under :data:`TEXTS`."""

@@ -21,6 +21,7 @@ from surety_serving.uncertainty.mahalanobis import (
     prepared,
 )
 from surety_serving.uncertainty.params import checked, checked_stored
+from surety_serving.uncertainty.text_detectors import CharDensity, Genre
 
 #: Similarities per block in the kNN search: bounds the [rows, N] temporary to 32 MiB.
 KNN_BLOCK_ELEMENTS = 1 << 22
@@ -364,6 +365,8 @@ DETECTORS: dict[str, type[Detector]] = {
         DeepKNN,
         TapEnsemble,
         TokenDensity,
+        Genre,
+        CharDensity,
     )
 }
 
