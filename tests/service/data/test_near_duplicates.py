@@ -178,16 +178,19 @@ def test_equal_normal_forms_join_and_empty_ones_do_not() -> None:
     assert group_near_duplicates(texts).groups == [0, 0, 2, 3, 4]
 
 
-def test_the_same_groups_in_every_process() -> None:
+def test_the_same_signatures_and_groups_in_every_process() -> None:
     """Nothing depends on Python's per-process string hashing (set order, ``hash``)."""
     texts = corpus(3)
     grouping = group_near_duplicates(texts)
-    expected = [grouping.groups, [list(p) for p in grouping.pairs]]
+    signatures = minhash([shingles(t) for t in texts[:20]], 16)
+    expected = [grouping.groups, [list(p) for p in grouping.pairs], signatures.tolist()]
     code = (
         "import json, sys\n"
-        "from surety_serving.data.near_duplicates import group_near_duplicates\n"
-        "g = group_near_duplicates(json.load(sys.stdin))\n"
-        "print(json.dumps([g.groups, g.pairs]))\n"
+        "from surety_serving.data.near_duplicates import group_near_duplicates, minhash, shingles\n"
+        "texts = json.load(sys.stdin)\n"
+        "g = group_near_duplicates(texts)\n"
+        "s = minhash([shingles(t) for t in texts[:20]], 16)\n"
+        "print(json.dumps([g.groups, g.pairs, s.tolist()]))\n"
     )
     for hash_seed in ("1", "2"):
         done = subprocess.run(
