@@ -274,10 +274,11 @@ def split_stratified(
 ) -> Splits:
     """Split each topic's texts into train / calibration / test in the given proportions.
 
-    Deterministic for a seed. Each topic is shuffled by a generator seeded with (seed, topic),
-    and with at least three texts a topic gets at least one in every split. Texts of a topic
-    with the same ``groups`` value go to the same split (a text not in ``groups`` is a group of
-    its own); each split's count then misses its target by at most half the largest group.
+    Deterministic for a seed. Each topic is shuffled by a generator seeded with (seed, topic).
+    Texts of a topic with the same ``groups`` value go to the same split (a text not in
+    ``groups`` is a group of its own); each split's count then misses its target by at most half
+    the largest group. A topic of at least three texts, each its own group, gets at least one
+    in every split (a larger group may leave a small split empty).
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
