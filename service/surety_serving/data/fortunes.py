@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from surety_serving.data.debian import (
     repo_root,
 )
 from surety_serving.data.jsonl import cached_counts, read_records, write_manifest, write_records
+from surety_serving.data.near_duplicates import PARAMETERS, group_near_duplicates, normal_form
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +76,11 @@ PACKAGES: tuple[str, ...] = ("fortunes", "fortunes-min")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
 CACHE_DIR_ENV = "SURETY_FORTUNES_DIR"
 TOPIC_SUBDIR = Path("usr/share/games/fortunes")
-# Bump when parsing or normalisation changes, so cached splits made the old way are rebuilt.
-FORMAT_VERSION = 1
+# Bump when parsing, normalisation or deduplication changes, so cached splits made the old way
+# are rebuilt.
+FORMAT_VERSION = 2
+# The manifest's counts hold, beside one entry per file, what deduplication dropped and grouped.
+DEDUPLICATION = "deduplication"
 
 _SEPARATOR = re.compile(rb"^%[ \t\r]*$", re.MULTILINE)
 _OVERSTRIKE = re.compile(r"[^\x08\n]\x08")
@@ -114,6 +120,7 @@ class FortunesDataset:
     seed: int
     ood_validation: dict[str, Path] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    deduplication: dict[str, int] = field(default_factory=dict)
 
     def split_paths(self) -> dict[str, Path]:
         """Every JSONL file by split name (``ood_<topic>`` and ``ood_validation_<topic>`` for
@@ -187,22 +194,75 @@ def load_topics(topic_dir: Path, topics: Iterable[str]) -> dict[str, list[str]]:
 # Splitting
 
 
+@dataclass(frozen=True)
+class _Deduplicated:
+    """What is left of the parsed topics, the near-duplicate group of each in-distribution
+    text (the split keeps a group whole), and the counts of what was grouped and dropped."""
+
+    in_distribution: dict[str, list[str]]
+    ood: dict[str, list[str]]
+    ood_validation: dict[str, list[str]]
+    groups: dict[str, int]
+    counts: dict[str, int]
+
+
+# Why an entry is dropped when its group holds an entry of an earlier set (in-distribution,
+# then OOD, then OOD validation): by the rank of the set it belongs to.
+_NEAR_EARLIER_SET = {1: "ood_near_in_distribution", 2: "ood_validation_near_other_sets"}
+
+
 def _deduplicate(
-    in_distribution: Mapping[str, Sequence[str]], ood: Mapping[str, Sequence[str]]
-) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    owners: dict[str, set[str]] = {}
-    for topic, texts in in_distribution.items():
-        for text in texts:
-            owners.setdefault(text, set()).add(topic)
-    kept_id = {
-        topic: list(dict.fromkeys(t for t in texts if len(owners[t]) == 1))
-        for topic, texts in in_distribution.items()
+    in_distribution: Mapping[str, Sequence[str]],
+    ood: Mapping[str, Sequence[str]],
+    ood_validation: Mapping[str, Sequence[str]],
+) -> _Deduplicated:
+    # Ranked sets: each may not come near any set before it. The three are grouped together, so
+    # that a chain of near-copies through one set still joins what it links in another.
+    ranked = (in_distribution, ood, ood_validation)
+    entries: list[tuple[int, str, str]] = []
+    repeats = 0
+    for rank, topics in enumerate(ranked):
+        for topic, texts in topics.items():
+            seen: set[str] = set()
+            for text in texts:
+                key = normal_form(text) or text
+                if key in seen:
+                    repeats += 1
+                else:
+                    seen.add(key)
+                    entries.append((rank, topic, text))
+    groups = group_near_duplicates([text for _, _, text in entries]).groups
+    first_rank: dict[int, int] = {}
+    labels: dict[int, set[str]] = {}
+    for (rank, topic, _), group in zip(entries, groups, strict=True):
+        first_rank[group] = min(rank, first_rank.get(group, rank))
+        if rank == 0:
+            labels.setdefault(group, set()).add(topic)
+    kept: list[dict[str, list[str]]] = [{topic: [] for topic in topics} for topics in ranked]
+    dropped: Counter[str] = Counter()
+    for (rank, topic, text), group in zip(entries, groups, strict=True):
+        if rank == 0 and len(labels[group]) > 1:
+            dropped["ambiguous"] += 1  # near-copies filed under two topics: no single label
+        elif first_rank[group] < rank:
+            dropped[_NEAR_EARLIER_SET[rank]] += 1
+        else:
+            kept[rank][topic].append(text)
+    sizes = Counter(groups)
+    counts = {
+        "entries": len(entries) + repeats,
+        "repeats": repeats,
+        "ambiguous": dropped["ambiguous"],
+        **{reason: dropped[reason] for reason in _NEAR_EARLIER_SET.values()},
+        "kept": sum(len(texts) for topics in kept for texts in topics.values()),
+        "groups": len(sizes),
+        "multi_member_groups": sum(size > 1 for size in sizes.values()),
+        "in_multi_member_groups": sum(size for size in sizes.values() if size > 1),
+        "largest_group": max(sizes.values(), default=0),
     }
-    kept_ood = {
-        topic: list(dict.fromkeys(t for t in texts if t not in owners))
-        for topic, texts in ood.items()
+    in_distribution_groups = {
+        text: group for (rank, _, text), group in zip(entries, groups, strict=True) if rank == 0
     }
-    return kept_id, kept_ood
+    return _Deduplicated(kept[0], kept[1], kept[2], in_distribution_groups, counts)
 
 
 def split_stratified(
@@ -210,11 +270,15 @@ def split_stratified(
     *,
     seed: int,
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    groups: Mapping[str, int] | None = None,
 ) -> Splits:
     """Split each topic's texts into train / calibration / test in the given proportions.
 
-    Deterministic for a seed. Each topic is shuffled by a generator seeded with (seed, topic),
-    and with at least three texts a topic gets at least one in every split.
+    Deterministic for a seed. Each topic is shuffled by a generator seeded with (seed, topic).
+    Texts of a topic with the same ``groups`` value go to the same split (a text not in
+    ``groups`` is a group of its own); each split's count then misses its target by at most half
+    the largest group. A topic of at least three texts, each its own group, gets at least one
+    in every split (a larger group may leave a small split empty).
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
@@ -223,22 +287,35 @@ def split_stratified(
     test: list[Example] = []
     for label in sorted(examples):
         texts = list(examples[label])
+        units: list[list[str]] = []
+        unit_of: dict[int, list[str]] = {}
+        for text in texts:
+            group = groups.get(text) if groups is not None else None
+            if group is None:
+                units.append([text])
+            elif group in unit_of:
+                unit_of[group].append(text)
+            else:
+                unit_of[group] = [text]
+                units.append(unit_of[group])
         n = len(texts)
         rng = np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
-        order = rng.permutation(n)
         n_cal = round(n * fractions[1])
         n_test = round(n * fractions[2])
         if n >= 3:
             n_cal = max(n_cal, 1) if fractions[1] > 0 else 0
             n_test = max(n_test, 1) if fractions[2] > 0 else 0
         n_train = n - n_cal - n_test
-        parts = (
-            (train, order[:n_train]),
-            (calibration, order[n_train : n_train + n_cal]),
-            (test, order[n_train + n_cal :]),
-        )
-        for target, indices in parts:
-            target.extend(Example(texts[i], label) for i in indices)
+        # The shuffled units lie end to end on [0, n), the splits on [0, n_train),
+        # [n_train, n_train + n_cal) and the rest; a unit goes to the split that holds its
+        # middle. Single texts at [i, i + 1) land where i lies: a plain cut of the permutation.
+        start = 0
+        for index in rng.permutation(len(units)):
+            unit = units[index]
+            middle = start + len(unit) / 2
+            target = train if middle < n_train else calibration if middle < n - n_test else test
+            target.extend(Example(text, label) for text in unit)
+            start += len(unit)
     return Splits(train=train, calibration=calibration, test=test)
 
 
@@ -304,6 +381,7 @@ def _split_parameters(
         "topics": list(topics),
         "ood_topics": list(ood_topics),
         "ood_validation_topics": list(ood_validation_topics),
+        "near_duplicates": dict(PARAMETERS),
         "corpus": dict(corpus),
     }
 
@@ -370,20 +448,28 @@ def _prepare(
     cached = cached_counts(out, parameters, dataset.split_paths().values())
     if cached is not None:
         log.info(f"splits cached in {out}")
-        return FortunesDataset(**{**dataset.__dict__, "counts": cached})
+        deduplication = cached.pop(DEDUPLICATION)
+        return FortunesDataset(
+            **{**dataset.__dict__, "counts": cached, "deduplication": deduplication}
+        )
 
     log.info(
         f"parsing {len(topics)} in-distribution, {len(ood_topics)} OOD and "
         f"{len(ood_validation_topics)} OOD validation topics"
     )
-    raw_in_distribution = load_topics(topic_dir, topics)
-    raw_ood = load_topics(topic_dir, ood_topics)
-    in_distribution, ood = _deduplicate(raw_in_distribution, raw_ood)
-    # Held out from everything else: the OOD test topics count as "taken" here too.
-    _, ood_validation = _deduplicate(
-        {**raw_in_distribution, **raw_ood}, load_topics(topic_dir, ood_validation_topics)
+    started = time.perf_counter()
+    kept = _deduplicate(
+        load_topics(topic_dir, topics),
+        load_topics(topic_dir, ood_topics),
+        load_topics(topic_dir, ood_validation_topics),
     )
-    splits = split_stratified(in_distribution, seed=seed, fractions=fractions)
+    log.info(
+        f"deduplicated in {time.perf_counter() - started:.1f} s: "
+        + ", ".join(f"{name} {n}" for name, n in kept.counts.items())
+    )
+    splits = split_stratified(
+        kept.in_distribution, seed=seed, fractions=fractions, groups=kept.groups
+    )
     counts: dict[str, dict[str, int]] = {}
     for name, examples in (
         ("train", splits.train),
@@ -396,13 +482,13 @@ def _prepare(
             per_label[example.label] += 1
         counts[name] = per_label
     for prefix, paths, texts in (
-        ("ood", dataset.ood, ood),
-        ("ood_validation", dataset.ood_validation, ood_validation),
+        ("ood", dataset.ood, kept.ood),
+        ("ood_validation", dataset.ood_validation, kept.ood_validation),
     ):
         for topic, path in paths.items():
             write_jsonl(path, (Example(text, topic) for text in texts[topic]))
             counts[f"{prefix}_{topic}"] = {topic: len(texts[topic])}
-    write_manifest(out, parameters, counts)
+    write_manifest(out, parameters, {**counts, DEDUPLICATION: kept.counts})
     totals = ", ".join(f"{name} {sum(c.values())}" for name, c in counts.items())
     log.info(f"splits written to {out}: {totals}")
-    return FortunesDataset(**{**dataset.__dict__, "counts": counts})
+    return FortunesDataset(**{**dataset.__dict__, "counts": counts, "deduplication": kept.counts})

@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import zlib
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from surety_serving.data import fortunes
@@ -22,6 +26,7 @@ from surety_serving.data.fortunes import (
     split_stratified,
     write_jsonl,
 )
+from surety_serving.data.near_duplicates import group_near_duplicates
 
 pytestmark = pytest.mark.unit
 
@@ -141,12 +146,101 @@ def test_bad_fractions_are_rejected() -> None:
 
 
 def test_deduplication_drops_ambiguous_and_leaking_texts() -> None:
-    in_dist, ood = fortunes._deduplicate(
+    kept = fortunes._deduplicate(
         {"a": ["same", "x", "x", "only a"], "b": ["same", "only b"]},
         {"z": ["x", "new", "new"]},
+        {},
     )
-    assert in_dist == {"a": ["x", "only a"], "b": ["only b"]}
-    assert ood == {"z": ["new"]}
+    assert kept.in_distribution == {"a": ["x", "only a"], "b": ["only b"]}
+    assert kept.ood == {"z": ["new"]}
+
+
+def _sentences(seed: int, n: int) -> list[str]:
+    """Unrelated sentences of random words (no two near-copies)."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    return [
+        " ".join("".join(rng.choice(letters, size=rng.integers(3, 9))) for _ in range(12))
+        for _ in range(n)
+    ]
+
+
+def _variants(text: str) -> list[str]:
+    """Near-copies: another case, punctuation and an attribution; one word changed."""
+    words = text.split()
+    return [
+        text.upper() + "!! -- Anonymous",
+        " ".join([*words[:-1], "zzzzzz"]),
+    ]
+
+
+def test_deduplication_of_near_copies_by_set_and_topic() -> None:
+    a, b, c, d, e, f, g = _sentences(0, 7)
+    kept = fortunes._deduplicate(
+        {
+            # a's near-copies stay together; b appears in two topics: ambiguous.
+            "one": [a, *_variants(a), b, c, c.lower() + "."],
+            "two": [_variants(b)[1], d],
+        },
+        {"ood": [_variants(d)[0], e, *_variants(e)]},
+        {"held": [_variants(e)[1], f, _variants(c)[0], g]},
+    )
+    assert kept.in_distribution == {"one": [a, *_variants(a), c], "two": [d]}
+    assert kept.ood == {"ood": [e, *_variants(e)]}
+    assert kept.ood_validation == {"held": [f, g]}
+    assert len({kept.groups[t] for t in [a, *_variants(a)]}) == 1
+    assert len({kept.groups[t] for t in (a, c, d)}) == 3
+    assert kept.counts == {
+        "entries": 16,
+        "repeats": 1,
+        "ambiguous": 2,
+        "ood_near_in_distribution": 1,
+        "ood_validation_near_other_sets": 2,
+        "kept": 10,
+        "groups": 7,
+        "multi_member_groups": 5,
+        "in_multi_member_groups": 13,
+        "largest_group": 4,
+    }
+
+
+def test_a_group_goes_whole_to_one_split() -> None:
+    rng = np.random.default_rng(5)
+    corpus = {label: [f"{label} {i}" for i in range(n)] for label, n in (("x", 90), ("y", 41))}
+    # Consecutive texts of a topic in groups of one to four.
+    groups: dict[str, int] = {}
+    for texts in corpus.values():
+        start = 0
+        while start < len(texts):
+            size = int(rng.integers(1, 5))
+            groups.update(dict.fromkeys(texts[start : start + size], len(groups)))
+            start += size
+    for seed in range(20):
+        splits = split_stratified(corpus, seed=seed, groups=groups)
+        parts = (splits.train, splits.calibration, splits.test)
+        where = {e.text: k for k, part in enumerate(parts) for e in part}
+        assert sorted(where) == sorted(t for texts in corpus.values() for t in texts)
+        splits_of: dict[int, set[int]] = {}
+        for text, group in groups.items():
+            splits_of.setdefault(group, set()).add(where[text])
+        assert all(len(found) == 1 for found in splits_of.values())
+        for label, texts in corpus.items():
+            counts = [sum(e.label == label for e in part) for part in parts]
+            # The plain cut's counts, missed by at most half the largest group.
+            assert abs(counts[1] - round(0.15 * len(texts))) <= 2
+            assert abs(counts[2] - round(0.15 * len(texts))) <= 2
+
+
+def test_without_groups_a_topic_is_a_plain_cut_of_its_permutation() -> None:
+    """A text alone lands where its position in the topic's seeded permutation lies."""
+    texts = [f"t {i}" for i in range(50)]
+    order = np.random.default_rng([4, zlib.crc32(b"t")]).permutation(50)
+    cut = [[texts[i] for i in part] for part in (order[:34], order[34:42], order[42:])]
+    for groups in (None, {}, {text: i for i, text in enumerate(texts)}):
+        splits = split_stratified({"t": texts}, seed=4, groups=groups)
+        assert [
+            [e.text for e in part] for part in (splits.train, splits.calibration, splits.test)
+        ] == cut
 
 
 def test_missing_tools_give_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,8 +272,8 @@ def test_prepare_splits_a_local_corpus_once(
     """With an already unpacked corpus: JSONL files, a manifest, and no re-split on a 2nd call."""
     topic_dir = tmp_path / "root" / fortunes.TOPIC_SUBDIR
     topic_dir.mkdir(parents=True)
-    for topic in ("a", "b", "ood"):
-        entries = [f"{topic} entry {i}" for i in range(20)]
+    for seed, topic in enumerate(("a", "b", "ood")):
+        entries = _sentences(seed, 20)
         (topic_dir / topic).write_bytes(("\n%\n".join(entries) + "\n%\n").encode())
     (tmp_path / "corpus.json").write_text("{}", encoding="utf-8")
     caplog.set_level(logging.INFO, logger="surety_serving.data")
@@ -192,6 +286,7 @@ def test_prepare_splits_a_local_corpus_once(
     ]
     assert read_jsonl(dataset.ood["ood"])[0].label == "ood"
     assert dataset.counts["test"] == {"a": 3, "b": 3}
+    assert dataset.deduplication["kept"] == dataset.deduplication["groups"] == 60
     stamp = dataset.train.stat().st_mtime_ns
     again = prepare_fortunes(tmp_path, seed=1, topics=("a", "b"), ood_topics=("ood",))
     assert again == dataset
@@ -242,6 +337,43 @@ def test_ood_validation_topics_are_held_out_from_every_other_split(
         assert len(validation) > 100 and {e.label for e in validation} == {topic}
         assert real_dataset.counts[f"ood_validation_{topic}"] == {topic: len(validation)}
         assert not {e.text for e in validation} & taken
+
+
+def _side(name: str) -> str:
+    """train, calibration or test, or the kind of OOD set."""
+    if name.startswith("ood_validation_"):
+        return "ood_validation"
+    return "ood" if name.startswith("ood_") else name
+
+
+def test_real_corpus_near_copies_never_straddle_splits(
+    real_dataset: fortunes.FortunesDataset, tmp_path: Path
+) -> None:
+    """Split afresh from the cached corpus (the cached splits were made by whatever code made
+    them) and grouped again, the files' near-copies lie on one side: one of train, calibration
+    and test, or the OOD test topics, or the OOD validation topics."""
+    cache = real_dataset.directory.parent.parent
+    (tmp_path / "root").symlink_to(cache / "root")
+    shutil.copy(cache / "corpus.json", tmp_path / "corpus.json")
+    dataset = prepare_fortunes(tmp_path, seed=1)
+    texts, sides = [], []
+    for name, path in dataset.split_paths().items():
+        for example in read_jsonl(path):
+            texts.append(example.text)
+            sides.append(_side(name))
+    groups = group_near_duplicates(texts).groups
+    sides_of: dict[int, set[str]] = {}
+    for group, side in zip(groups, sides, strict=True):
+        sides_of.setdefault(group, set()).add(side)
+    assert all(len(found) == 1 for found in sides_of.values())
+    in_distribution = {"train", "calibration", "test"}
+    sizes = Counter(g for g, side in zip(groups, sides, strict=True) if side in in_distribution)
+    assert sum(size > 1 for size in sizes.values()) >= 20
+    counts = dataset.deduplication
+    assert counts == real_dataset.deduplication
+    assert counts["kept"] == sum(sum(c.values()) for c in dataset.counts.values())
+    dropped = ("repeats", "ambiguous", "ood_near_in_distribution", "ood_validation_near_other_sets")
+    assert counts["entries"] - sum(counts[reason] for reason in dropped) == counts["kept"]
 
 
 def test_ood_validation_drops_texts_of_the_other_splits(tmp_path: Path) -> None:
