@@ -9,7 +9,8 @@ Per model (`digits`, `fortune-topics`, whichever the repository holds, calibrate
   share — with the set's members marked and the validation AUROC the selection rule saw beside
   them. OOD sets: digits — uniform-noise
   images and pixel-shuffled test digits; fortune-topics — the held-out fortune topics `zippy`
-  and `songs-poems` (near OOD) and Linux man-page paragraphs (`manpages`, far OOD).
+  and `songs-poems` (near OOD), Linux man-page paragraphs (`manpages`, far OOD) and German man
+  pages (`manpages-de`, far OOD of a kind no background or validation set holds).
 - Length robustness (text): AUROC on `songs-poems` by text length, and the rank correlation of
   the score with length on the test split, for the served detector and the raw vs L2-normalised
   Mahalanobis of the last tap.
@@ -78,7 +79,9 @@ def fortune_splits(entry: Path, scratch: Path) -> Splits:
     paths = {key: Path(value) for key, value in meta["data"]["splits"].items()}
     ood = {key.removeprefix("ood_"): path for key, path in paths.items() if key.startswith("ood_")}
     ood = {name: path for name, path in ood.items() if not name.startswith("validation_")}
-    ood["manpages (far)"] = prepare_doc_text()["manpages"]
+    far = prepare_doc_text()
+    ood["manpages (far)"] = far["manpages"]
+    ood["manpages-de (far, German)"] = far["manpages-de"]
     return Splits(paths["train"], paths["calibration"], paths["test"], ood, text="text")
 
 

@@ -1,4 +1,4 @@
-"""English prose from Debian documentation, as far-out-of-distribution sets for the fortunes.
+"""Prose from Debian documentation, as far-out-of-distribution sets for the fortunes.
 
 docs/models.md, "The modules in detail", states it in full.
 """
@@ -12,6 +12,7 @@ import re
 import string
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,8 @@ MAX_CHARS = 1000
 FORMAT_VERSION = 1
 
 MAN_SUBDIR = Path("usr/share/man")
+#: The German man pages (package manpages-de): another language, the second far evaluation set.
+GERMAN_MAN_SUBDIR = MAN_SUBDIR / "de"
 POLICY_TEXT = Path("usr/share/doc/debian-policy/policy.txt.gz")
 
 # Their arguments are text in one font (joined by spaces) or alternating between two fonts
@@ -202,10 +205,11 @@ def text_paragraphs(text: str) -> list[str]:
     return paragraphs
 
 
-def manpage_paragraphs(root: Path) -> list[str]:
-    """Paragraphs of every English man page (``usr/share/man/man*/*.gz``) under ``root``."""
+def manpage_paragraphs(root: Path, folder: Path = MAN_SUBDIR) -> list[str]:
+    """Paragraphs of every man page in ``folder`` (``man*/*.gz``; default the English ones,
+    ``usr/share/man``) under ``root``."""
     paragraphs: list[str] = []
-    for page in sorted((root / MAN_SUBDIR).glob("man*/*.gz")):
+    for page in sorted((root / folder).glob("man*/*.gz")):
         paragraphs.extend(
             roff_paragraphs(fortunes.decode_entry(gzip.decompress(page.read_bytes())))
         )
@@ -229,6 +233,11 @@ class TextSet:
 SETS: dict[str, TextSet] = {
     "manpages": TextSet("manpages", MAN_SUBDIR / "man7", manpage_paragraphs),
     "debian-policy": TextSet("debian-policy", POLICY_TEXT.parent, policy_paragraphs),
+    "manpages-de": TextSet(
+        "manpages-de",
+        GERMAN_MAN_SUBDIR / "man1",
+        partial(manpage_paragraphs, folder=GERMAN_MAN_SUBDIR),
+    ),
 }
 
 

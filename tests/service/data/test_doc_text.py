@@ -158,6 +158,16 @@ def _gzip(path: Path, text: str) -> None:
 
 
 SHARED = "This sentence sits in the policy and also in the fortunes corpus."
+GERMAN_PROSE = (
+    "Listet Informationen über die Dateien auf, standardmäßig im aktuellen Verzeichnis, "
+    "alphabetisch sortiert."
+)
+GERMAN_PAGE = rf""".TH LS 1 "Februar 2023" "GNU coreutils 9.1"
+.SH BEZEICHNUNG
+ls \- Verzeichnisinhalte auflisten
+.SH BESCHREIBUNG
+{GERMAN_PROSE}
+"""
 
 
 @pytest.fixture
@@ -165,6 +175,7 @@ def caches(tmp_path: Path) -> tuple[Path, Path]:
     """Unpacked, stamped package caches (as if downloaded) for the docs and the fortunes."""
     docs = tmp_path / "docs"
     _gzip(docs / "root" / doc_text.MAN_SUBDIR / "man7" / "pipe.7.gz", PAGE)
+    _gzip(docs / "root" / doc_text.GERMAN_MAN_SUBDIR / "man1" / "ls.1.gz", GERMAN_PAGE)
     policy = "\n\n".join([*(f"{LONG_ENOUGH} Number {i}." for i in range(30)), SHARED])
     _gzip(docs / "root" / doc_text.POLICY_TEXT, policy)
     (docs / STAMP_NAME).write_text(json.dumps({"packages": ["docs"]}), encoding="utf-8")
@@ -187,7 +198,11 @@ def test_prepare_writes_each_set_once_without_downloading(
     assert paths == {
         "manpages": docs / "sets" / "seed-2" / "manpages.jsonl",
         "debian-policy": docs / "sets" / "seed-2" / "debian-policy.jsonl",
+        "manpages-de": docs / "sets" / "seed-2" / "manpages-de.jsonl",
     }
+    # The German pages are their own set: the English set reads only the top-level sections.
+    german = read_jsonl(paths["manpages-de"])
+    assert [e.text for e in german] == [GERMAN_PROSE] and german[0].label == "manpages-de"
     man = read_jsonl(paths["manpages"])
     policy = read_jsonl(paths["debian-policy"])
     assert len(man) == 4 and {e.label for e in man} == {"manpages"}
