@@ -195,9 +195,11 @@ def test_data_prints_each_file_with_its_record_count(capsys):
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     files = {name: (int(count), Path(path)) for name, count, path in rows}
     manifest = json.loads((files["train"][1].parent / "manifest.json").read_text())
+    # The manifest counts each split by label (and, apart, what deduplication dropped).
     assert {name: count for name, (count, _) in files.items()} == {
-        name: sum(per_label.values()) for name, per_label in manifest["counts"].items()
+        name: sum(manifest["counts"][name].values()) for name in files
     }
+    assert {"train", "calibration", "test"} <= files.keys()
 
 
 def test_data_names_the_set_and_the_problem(tmp_path, capsys):

@@ -330,6 +330,7 @@ def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 
     docs_root = tmp_path / "docs" / "root"
     (docs_root / doc_text.MAN_SUBDIR / "man7").mkdir(parents=True)
+    (docs_root / doc_text.GERMAN_MAN_SUBDIR / "man1").mkdir(parents=True)
     _write(docs_root / doc_text.POLICY_TEXT, gzip.compress(IN_POLICY.encode()))
     _stamp(tmp_path / "docs", "docs")
 
