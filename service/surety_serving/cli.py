@@ -25,8 +25,9 @@ DEFAULT_MODELS = {
     "stsb-judge": "surety_serving.export.stsb_judge",
 }
 #: What build-defaults writes; bump it when a default model's build changes in a way an entry
-#: built before cannot be served with (2: OOD detector registry, fine-tuned fortune-topics).
-DEFAULTS_FORMAT = 2
+#: built before cannot be served with (2: OOD detector registry, fine-tuned fortune-topics;
+#: 3: the OOD detector set with conformal p-values, deduplicated fortunes).
+DEFAULTS_FORMAT = 3
 #: Written into each entry build-defaults builds, recording DEFAULTS_FORMAT.
 DEFAULTS_STAMP = ".build-defaults.json"
 
