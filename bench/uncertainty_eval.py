@@ -390,7 +390,9 @@ def evaluate(name: str, entry: Path, splits: Splits, version: int) -> list[str]:
     calibration = feature_set(model, splits.calibration, features=names)
     test = feature_set(model, splits.test, features=names)
     oods = {n: feature_set(model, p, labelled=False, features=names) for n, p in splits.ood.items()}
-    specs = candidates(spec.taps, spec.token_score)
+    # The candidates calibration had: the text detectors too, on the background it was given.
+    background = json.loads((artifacts / "report.json").read_text()).get("background", [])
+    specs = candidates(spec.taps, spec.token_score, test.texts is not None, background)
     detection, _ = detection_section(served, spec.ood_level, train, calibration, test, oods, specs)
     rules, notes = selective_rules(sdm, spec.sdm_calibration, train, calibration, test, oods)
     accuracy = float(np.mean(test.predictions == test.labels))
