@@ -73,7 +73,8 @@ def test_build_defaults_rebuilds_entries_of_an_older_format(repository, tmp_path
     caplog.set_level(logging.INFO, logger="surety_serving")
     assert main(["build-defaults", "--model-repository", str(root), "--quiet"]) == 0
     out = caplog.text
-    assert f"digits: {root / 'digits'} was built by an older Surety (format 1)" in out
+    older = DEFAULTS_FORMAT - 1
+    assert f"digits: {root / 'digits'} was built by an older Surety (format {older})" in out
     assert "fortune-topics: " + str(root / "fortune-topics") + " exists" in out
     assert built_format(root / "digits") == DEFAULTS_FORMAT
     assert (root / "digits" / "1" / "uncertainty" / "ood.json").is_file()
