@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -141,13 +142,18 @@ class ServedOOD:
     num_classes: int  # of the model it was fitted for
     selection: dict[str, Any]  # JSON: the rule, the candidates and their validation AUROCs
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(member.name for member in self.members)
 
-    @property
+    @cached_property
     def mahalanobis(self) -> Member:
         return next(m for m in self.members if m.name in MAHALANOBIS_METHODS)
+
+    @cached_property
+    def _encoded_names(self) -> NDArray[Any]:
+        """``names`` as the BYTES elements ``ood_detectors`` is picked from, built once."""
+        return np.array([name.encode() for name in self.names], dtype=object)
 
     def scores(self, features: Mapping[str, Any], logits: FloatArray) -> NDArray[np.float64]:
         """Every member's raw score [B, K]."""
@@ -177,11 +183,10 @@ class ServedOOD:
         combined = self.combined(p_values)
         semantic = self.members.index(self.mahalanobis)
         standardised = (raw[:, semantic] - self.mahalanobis.mean) / self.mahalanobis.std
-        names = np.array([name.encode() for name in self.names], dtype=object)
         return {
             "ood_p_value": combined.astype(np.float32),
             "ood": combined < level,
-            "ood_detectors": names[p_values.argmin(axis=1)],
+            "ood_detectors": self._encoded_names[p_values.argmin(axis=1)],
             "mahalanobis_score": standardised.astype(np.float32),
             "ood_detector_p_values": p_values.astype(np.float32),
         }

@@ -134,11 +134,14 @@ def select(
     return ServedOOD(set_members, np.sort(held_out_p), calibration.num_classes, selection)
 
 
+def _p_values(member: Member, rows: FeatureSet) -> NDArray[np.float64]:
+    """The member's conformal p-values of ``rows``."""
+    return conformal_p_values(member.reference, member.detector.score(rows.features(), rows.logits))
+
+
 def _min_p(members: Sequence[Member], rows: FeatureSet) -> NDArray[np.float64]:
     """The minimum over members of their conformal p-values on ``rows``."""
-    features = rows.features()
-    p = [conformal_p_values(m.reference, m.detector.score(features, rows.logits)) for m in members]
-    return np.asarray(np.min(np.stack(p, axis=1), axis=1), dtype=np.float64)
+    return np.asarray(np.min([_p_values(m, rows) for m in members], axis=0), dtype=np.float64)
 
 
 def _choose_roles(
@@ -152,15 +155,23 @@ def _choose_roles(
     others = [role for role in ROLES if role in members and role != "semantic"]
     if not validation_ood:
         return ("semantic", *others), []
+    # Each member scores each set once; a subset's minimum is taken over those p-values.
+    on_reference = {role: _p_values(m, reference) for role, m in members.items()}
+    on_validation = {
+        role: {name: _p_values(m, ood) for name, ood in validation_ood.items()}
+        for role, m in members.items()
+    }
     subsets: list[dict[str, Any]] = []
     best: tuple[float, tuple[str, ...]] | None = None
     for size in range(len(others) + 1):  # fewer roles first: they keep a tie
         for extra in combinations(others, size):
             roles = ("semantic", *extra)
-            chosen = [members[role] for role in roles]
             aurocs = _aurocs(
-                _min_p(chosen, reference),
-                {name: _min_p(chosen, ood) for name, ood in validation_ood.items()},
+                np.min([on_reference[role] for role in roles], axis=0),
+                {
+                    name: np.min([on_validation[role][name] for role in roles], axis=0)
+                    for name in validation_ood
+                },
             )
             mean_auroc = float(np.mean(list(aurocs.values())))
             subsets.append({"roles": list(roles), "auroc": aurocs, "mean_auroc": mean_auroc})
